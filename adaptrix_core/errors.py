@@ -1,0 +1,69 @@
+"""Typed errors with plain-language messages.
+
+Every error Adaptrix raises on bad input derives from :class:`AdaptrixError`, so callers can catch
+one type; the subclasses say what went wrong. Messages name the offending value and, where there is
+one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class AdaptrixError(Exception):
+    """Base class of every error Adaptrix raises on purpose."""
+
+
+class ConfigError(AdaptrixError, ValueError):
+    """A configuration file, environment variable or argument holds a bad value."""
+
+
+class ModelNotFoundError(AdaptrixError, FileNotFoundError):
+    """The model id names no local folder, GGUF file, alias or cached hub model."""
+
+
+class ModelLoadError(AdaptrixError, RuntimeError):
+    """The model files exist but could not be loaded."""
+
+
+class UnsupportedFamilyError(AdaptrixError, ValueError):
+    """No registered model family fits the model, or a named family does not exist."""
+
+
+class BackendNotFoundError(AdaptrixError, ValueError):
+    """The configured backend name is not registered by any plugin."""
+
+
+class DeviceNotAvailableError(AdaptrixError, RuntimeError):
+    """The requested device (cuda, mps) is not available on this machine."""
+
+
+class PluginError(AdaptrixError, RuntimeError):
+    """A plugin failed to load or registered something invalid."""
+
+
+class InvalidGenerationParameterError(AdaptrixError, ValueError):
+    """A generation argument (max_new_tokens, temperature, task_type, ...) is unknown or out of range."""
+
+
+class InvalidPromptError(AdaptrixError, ValueError):
+    """A prompt or chat message list is empty or malformed."""
+
+
+class ContextOverflowError(AdaptrixError, ValueError):
+    """The prompt does not fit in the model's context window."""
+
+    def __init__(self, prompt_tokens: int, max_context: int):
+        self.prompt_tokens = prompt_tokens
+        self.max_context = max_context
+        super().__init__(
+            f"The prompt is {prompt_tokens} tokens long but the model's context window holds "
+            f"{max_context} tokens, leaving no room for an answer. Shorten the prompt (or the "
+            "conversation: engine.reset_context())."
+        )
+
+
+class EngineClosedError(AdaptrixError, RuntimeError):
+    """The engine was cleaned up and can no longer generate."""
+
+
+class AdapterError(AdaptrixError, ValueError):
+    """An adapter is missing, corrupt, tampered with or incompatible with the loaded model."""

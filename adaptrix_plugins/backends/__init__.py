@@ -1,0 +1,1 @@
+"""Built-in backends, one module (and one entry point) each."""

@@ -1,0 +1,206 @@
+"""The eager PyTorch backend on Hugging Face transformers: KV cache, left-padded batches, streaming."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from adaptrix_core.config import ModelSettings
+from adaptrix_core.errors import ContextOverflowError, EngineClosedError, ModelLoadError
+from adaptrix_core.families import ModelFamily
+from adaptrix_core.model_source import ModelSource
+from adaptrix_core.types import Completion, ModelDescription, SamplingParams
+from adaptrix_plugins.backends.hf_loading import (
+    find_layers_path,
+    load_model_and_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation for every row once the event is set (a closed stream)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _config_value(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+class HFBackend:
+    """Eager transformers backend (``backend="hf"``)."""
+
+    name = "hf"
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.device: torch.device | None = None
+        self.layers_path: str | None = None
+        self._eos_ids: list[int] = []
+        self._description: ModelDescription | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, self.device)
+        self.tokenizer, self.model = load_model_and_tokenizer(source, self.device, dtype, cache_dir)
+        tokenizer = self.tokenizer
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ModelLoadError(f"The tokenizer of {source.model_id!r} has neither a pad nor an EOS token.")
+            tokenizer.pad_token = tokenizer.eos_token
+        config = self.model.config
+        self._description = ModelDescription(
+            model_type=getattr(config, "model_type", None),
+            architectures=tuple(getattr(config, "architectures", None) or (type(self.model).__name__,)),
+            num_layers=int(_config_value(config, "num_hidden_layers", "n_layer", "num_layers")),
+            hidden_size=int(_config_value(config, "hidden_size", "n_embd", "d_model")),
+            vocab_size=int(config.vocab_size),
+            max_position_embeddings=_config_value(config, "max_position_embeddings", "n_positions"),
+            dtype=str(dtype).removeprefix("torch."),
+            device=str(self.device),
+            num_parameters=sum(p.numel() for p in self.model.parameters()),
+            has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        )
+        return self._description
+
+    def bind_family(self, family: ModelFamily) -> None:
+        self._require_model()
+        self.layers_path = find_layers_path(self.model, family.layers_path, self._description.num_layers)
+        eos: list[int] = []
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            eos.extend(source if isinstance(source, list) else [source] if source is not None else [])
+        vocab = self.tokenizer.get_vocab()
+        eos.extend(vocab[token] for token in family.chat.end_of_turn_tokens if token in vocab)
+        self._eos_ids = list(dict.fromkeys(eos))
+
+    def close(self) -> None:
+        self.model = None
+        self.tokenizer = None
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise EngineClosedError("The backend has no model loaded (the engine was cleaned up).")
+
+    # -- text level --------------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[Mapping[str, str]], template_kwargs: Mapping[str, Any]) -> str:
+        self._require_model()
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True, **dict(template_kwargs)
+        )
+
+    def count_tokens(self, text: str) -> int:
+        self._require_model()
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def module_names(self) -> list[str]:
+        self._require_model()
+        return [name for name, _ in self.model.named_modules() if name]
+
+    # -- generation --------------------------------------------------------------------------
+    def _encode(self, prompts: Sequence[str], templated: bool) -> Any:
+        return self.tokenizer(
+            list(prompts), return_tensors="pt", padding=True, add_special_tokens=not templated
+        ).to(self.device)
+
+    def _generation_config(self, params: SamplingParams, longest_prompt: int) -> GenerationConfig:
+        if longest_prompt >= params.max_context:
+            raise ContextOverflowError(longest_prompt, params.max_context)
+        options: dict[str, Any] = {
+            "max_new_tokens": min(params.max_new_tokens, params.max_context - longest_prompt),
+            "eos_token_id": self._eos_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "use_cache": True,
+            "do_sample": not params.greedy,
+        }
+        if not params.greedy:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.stop:
+            options["stop_strings"] = list(params.stop)
+        return GenerationConfig(**options)
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool) -> list[Completion]:
+        self._require_model()
+        inputs = self._encode(prompts, templated)
+        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        config = self._generation_config(params, max(prompt_lengths))
+        if not params.greedy and params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs, generation_config=config, tokenizer=self.tokenizer if params.stop else None
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        completions = []
+        end_ids = {*self._eos_ids, self.tokenizer.pad_token_id}
+        for row, prompt_length in zip(new_tokens, prompt_lengths):
+            length = next((i for i, token in enumerate(row) if token in end_ids), None)
+            ended = length is not None
+            kept = row[:length] if ended else row
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    prompt_tokens=int(prompt_length),
+                    completion_tokens=len(kept) + (1 if ended else 0),
+                    finish_reason="stop" if ended or len(row) < config.max_new_tokens else "length",
+                )
+            )
+        return completions
+
+    def stream(self, prompt: str, params: SamplingParams, *, templated: bool) -> Iterator[str]:
+        self._require_model()
+        inputs = self._encode([prompt], templated)
+        config = self._generation_config(params, inputs["input_ids"].shape[1])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancelled = threading.Event()
+        failure: list[BaseException] = []
+        if not params.greedy and params.seed is not None:
+            torch.manual_seed(params.seed)
+
+        def pieces() -> Iterator[str]:
+            worker = threading.Thread(target=run, name="adaptrix-hf-stream", daemon=True)
+            worker.start()
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield piece
+            finally:
+                cancelled.set()
+                worker.join()
+            if failure:
+                raise failure[0]
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs,
+                        generation_config=config,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(cancelled)]),
+                        tokenizer=self.tokenizer if params.stop else None,
+                    )
+            except BaseException as exc:  # re-raised in the consumer's thread
+                failure.append(exc)
+                streamer.end()
+
+        return pieces()

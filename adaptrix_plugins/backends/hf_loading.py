@@ -1,0 +1,133 @@
+"""Loading a Hugging Face causal LM for the eager backend: device, dtype, GGUF conversion cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptrix_core.errors import DeviceNotAvailableError, ModelLoadError
+from adaptrix_core.model_source import ModelSource
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_COMPLETE_MARKER = ".adaptrix-complete"
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise DeviceNotAvailableError(f"{requested!r} is not a device name (use auto, cpu, cuda, cuda:N or mps).") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceNotAvailableError("Device 'cuda' was asked for but no CUDA GPU is available; use device='auto' or 'cpu'.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceNotAvailableError(f"Device {requested!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s) found.")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceNotAvailableError("Device 'mps' was asked for but Apple MPS is not available; use device='auto' or 'cpu'.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceNotAvailableError(f"Device type {device.type!r} is not supported (use auto, cpu, cuda or mps).")
+    return device
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """'auto' is float32 on CPU (fastest there), bfloat16 on GPUs that have it, else float16."""
+    if requested != "auto":
+        return _DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _conversion_folder(source: ModelSource, cache_dir: Path) -> Path:
+    import transformers
+
+    gguf_path = (source.path / source.gguf_file).resolve()
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # Keyed by the transformers version: a folder written by one major version can be misread by another.
+    return cache_dir / "converted" / f"{gguf_path.stem}-{key}-transformers{transformers.__version__}"
+
+
+def _detach_gguf_quantizer(model: Any) -> None:
+    """A GGUF-loaded model is dequantized already; drop the markers that block save_pretrained."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _save_converted(model: Any, tokenizer: Any, folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / _COMPLETE_MARKER).write_text("ok\n")
+        os.replace(staging, folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / _COMPLETE_MARKER).is_file():
+            raise
+
+
+def load_model_and_tokenizer(source: ModelSource, device: torch.device, dtype: torch.dtype, cache_dir: Path):
+    """Load (tokenizer, model) from local files; a GGUF file is converted once and cached as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf_file = source.path, source.gguf_file
+    convert_to = None
+    if gguf_file is not None:
+        converted = _conversion_folder(source, cache_dir)
+        if (converted / _COMPLETE_MARKER).is_file():
+            folder, gguf_file = converted, None
+        else:
+            convert_to = converted
+    options: dict[str, Any] = {"local_files_only": True}
+    if gguf_file:
+        options["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **options)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32 if gguf_file else dtype, **options)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"Could not load model {source.model_id!r} from {str(folder)!r}: {exc}") from exc
+    if convert_to is not None:
+        _detach_gguf_quantizer(model)
+        try:
+            _save_converted(model, tokenizer, convert_to)
+        except OSError as exc:
+            log.warning("Could not cache the converted GGUF model in %s (%s); the next start converts again.", convert_to, exc)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return tokenizer, model
+
+
+def find_layers_path(model: Any, layers_path: str | None, num_layers: int) -> str:
+    """The dotted path of the model's block list: the family's, or the first ModuleList of ``num_layers`` blocks."""
+    if layers_path is not None:
+        node = model
+        for part in layers_path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, torch.nn.ModuleList):
+            return layers_path
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers and name:
+            return name
+    raise ModelLoadError(f"Could not find the list of {num_layers} transformer blocks in {type(model).__name__}.")

@@ -1,0 +1,1 @@
+"""Built-in model families, one small module (and one entry point) each."""
