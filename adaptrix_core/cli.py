@@ -1,0 +1,197 @@
+"""The ``adaptrix`` command line: query, info/status, plugins; every command takes ``--json``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from adaptrix_core.errors import AdaptrixError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn AdaptrixError into a one-line message (or a JSON error object) and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AdaptrixError as exc:
+            if kwargs.get("as_json"):
+                _emit_json({"error": {"type": type(exc).__name__, "message": str(exc)}})
+            else:
+                _console(stderr=True).print(f"[bold red]Error:[/] {exc}", markup=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def model_options(command: Callable) -> Callable:
+    """Options shared by commands that load a model."""
+    options = [
+        click.option("--model", "-m", "model_id", help="Model id: 'default', a folder, a .gguf file or a cached hub id."),
+        click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--backend", help="Backend plugin name (default: hf)."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (deprecation notes, legacy-tokenizer warnings) out of the CLI's output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+
+
+def _engine(model_id: str | None, device: str | None, backend: str | None, config_path: str | None):
+    from adaptrix_core.config import load_config
+    from adaptrix_core.engine import ModularAdaptrixEngine
+
+    _quiet_libraries()
+    config = load_config(path=config_path, overrides={"model": {"model_id": model_id, "device": device, "backend": backend}})
+    return ModularAdaptrixEngine(config=config)
+
+
+@click.group()
+@click.version_option(package_name="adaptrix")
+def cli() -> None:
+    """Adaptrix: a small language model with many task-specific LoRA adapters."""
+
+
+@cli.command()
+@click.argument("prompt")
+@model_options
+@click.option("--max-new-tokens", type=int, help="Upper bound on generated tokens.")
+@click.option("--temperature", type=float, help="0 for greedy decoding.")
+@click.option("--top-p", type=float, help="Nucleus sampling mass in (0, 1].")
+@click.option("--seed", type=int, help="Seed for reproducible sampling.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--task-type", help="Preset: general, code, math, creative.")
+@click.option("--stream/--no-stream", default=False, help="Print the answer as it is generated.")
+@handle_errors
+def query(prompt: str, model_id, device, backend, config_path, as_json, max_new_tokens, temperature, top_p, seed,
+          stop, task_type, stream) -> None:
+    """Answer PROMPT with the model."""
+    gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+           "stop": list(stop) or None, "task_type": task_type}
+    gen = {k: v for k, v in gen.items() if v is not None}
+    with _engine(model_id, device, backend, config_path) as engine:
+        if stream and not as_json:
+            for piece in engine.stream(prompt, **gen):
+                click.echo(piece, nl=False)
+            click.echo()
+            return
+        result = engine.query(prompt, **gen)
+    if as_json:
+        _emit_json(result.model_dump())
+        return
+    console = _console()
+    console.print(result.text)
+    console.print(
+        f"[dim]{result.family} · {result.model_id} · {result.completion_tokens} tokens · "
+        f"{result.latency_ms:.0f} ms · adapters: {', '.join(result.adapters) or 'none'}[/]"
+    )
+
+
+def _memory(engine_info: dict[str, Any]) -> dict[str, Any]:
+    import psutil
+
+    memory = {"process_rss_bytes": psutil.Process().memory_info().rss,
+              "system_available_bytes": psutil.virtual_memory().available}
+    if str(engine_info.get("device", "")).startswith("cuda"):
+        import torch
+
+        memory["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
+        memory["cuda_reserved_bytes"] = torch.cuda.memory_reserved()
+    return memory
+
+
+def _show_info(model_id, device, backend, config_path, as_json) -> None:
+    with _engine(model_id, device, backend, config_path) as engine:
+        info = engine.get_model_info()
+        info["memory"] = _memory(info)
+    if as_json:
+        _emit_json(info)
+        return
+    from rich.table import Table
+
+    table = Table(title="Adaptrix model", show_header=False)
+    for key, value in info.items():
+        if key == "memory":
+            for mem_key, mem_value in value.items():
+                table.add_row(mem_key, f"{mem_value / 2**20:,.0f} MiB")
+        else:
+            table.add_row(key, str(value))
+    _console().print(table)
+
+
+@cli.command()
+@model_options
+@handle_errors
+def info(model_id, device, backend, config_path, as_json) -> None:
+    """Load the model and show what it is, where it runs and the memory it takes."""
+    _show_info(model_id, device, backend, config_path, as_json)
+
+
+@cli.command()
+@model_options
+@handle_errors
+def status(model_id, device, backend, config_path, as_json) -> None:
+    """Same as ``info``: model, device and memory."""
+    _show_info(model_id, device, backend, config_path, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def plugins(as_json: bool) -> None:
+    """List loaded plugins and what each registered (and plugins that failed to load)."""
+    from adaptrix_core.plugins import get_plugin_manager
+    from adaptrix_core.registry import collect
+
+    manager = get_plugin_manager()
+    registry = collect(manager)
+    report = registry.plugins_report(manager)
+    if as_json:
+        _emit_json({"plugins": report, "problems": registry.problems})
+        return
+    from rich.table import Table
+
+    table = Table(title="Adaptrix plugins")
+    for column in ("plugin", "module", "families", "backends", "routers", "status"):
+        table.add_column(column)
+    for entry in report:
+        status_text = "loaded" if entry["loaded"] else f"[red]failed: {entry['error']}[/]"
+        table.add_row(entry["name"], entry["module"], ", ".join(entry["families"]), ", ".join(entry["backends"]),
+                      ", ".join(entry["routers"]), status_text)
+    console = _console()
+    console.print(table)
+    for problem in registry.problems:
+        console.print(f"[yellow]warning:[/] {problem}")
+
+
+def main() -> None:
+    cli(prog_name="adaptrix")
+
+
+if __name__ == "__main__":
+    main()

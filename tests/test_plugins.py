@@ -1,0 +1,143 @@
+"""Plugin loading: built-in entry points, the allow-list, a third-party family plugin, broken plugins."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from adaptrix_core import ModularAdaptrixEngine, hookimpl
+from adaptrix_core.cli import cli
+from adaptrix_core.errors import BackendNotFoundError, UnsupportedFamilyError
+from adaptrix_core.families import ModelFamily
+from adaptrix_core.plugins import ALLOW_LIST_VARIABLE, get_plugin_manager, load_failures, reload_plugins
+from adaptrix_core.registry import collect
+from tiny_models import build_tiny_model
+
+THIRD_PARTY = Path(__file__).parent / "third_party"
+BUILTIN_FAMILIES = {"llama", "qwen", "phi", "gemma", "generic"}
+
+
+@pytest.fixture
+def plugin_sandbox():
+    """Restore sys.path, the allow-list variable and the plugin manager after the test."""
+    saved_path, saved_allow = list(sys.path), os.environ.get(ALLOW_LIST_VARIABLE)
+    yield
+    sys.path[:] = saved_path
+    if saved_allow is None:
+        os.environ.pop(ALLOW_LIST_VARIABLE, None)
+    else:
+        os.environ[ALLOW_LIST_VARIABLE] = saved_allow
+    importlib.invalidate_caches()
+    reload_plugins()
+
+
+def _add_site(name: str) -> None:
+    sys.path.insert(0, str(THIRD_PARTY / name))
+    importlib.invalidate_caches()
+    reload_plugins()
+
+
+@pytest.fixture(scope="module")
+def stablelm_dir(tmp_path_factory) -> Path:
+    return build_tiny_model("stablelm", tmp_path_factory.mktemp("stablelm"))
+
+
+def test_builtin_plugins_register_through_entry_points():
+    registry = collect()
+    assert BUILTIN_FAMILIES <= set(registry.families)
+    assert "hf" in registry.backends
+    assert registry.provided_by["families"]["qwen"] == "family_qwen"
+    assert registry.provided_by["backends"]["hf"] == "backend_hf"
+    assert registry.problems == []
+
+
+def test_allow_list_limits_loaded_plugins(plugin_sandbox, tiny_model_dir):
+    os.environ[ALLOW_LIST_VARIABLE] = "family_llama,backend_hf"
+    reload_plugins()
+    registry = collect()
+    assert set(registry.families) == {"llama"}
+    assert set(registry.backends) == {"hf"}
+    engine = ModularAdaptrixEngine(str(tiny_model_dir("qwen3")), device="cpu")
+    with pytest.raises(UnsupportedFamilyError, match="ADAPTRIX_LOAD_PLUGINS"):
+        engine.initialize()
+
+
+def test_empty_allow_list_means_no_backend(plugin_sandbox, tiny_model_dir):
+    os.environ[ALLOW_LIST_VARIABLE] = ""
+    reload_plugins()
+    engine = ModularAdaptrixEngine(str(tiny_model_dir("llama")), device="cpu")
+    with pytest.raises(BackendNotFoundError, match="'hf' is not registered"):
+        engine.initialize()
+
+
+def test_unknown_backend_name_is_a_typed_error(tiny_model_dir):
+    engine = ModularAdaptrixEngine(str(tiny_model_dir("llama")), device="cpu", backend="tensorrt")
+    with pytest.raises(BackendNotFoundError, match="Registered backends: hf"):
+        engine.initialize()
+
+
+def test_model_without_its_family_plugin_falls_back_to_generic(stablelm_dir):
+    with ModularAdaptrixEngine(str(stablelm_dir), device="cpu") as engine:
+        assert engine.get_model_info()["family"] == "generic"
+
+
+def test_third_party_family_plugin_is_used_by_the_engine(plugin_sandbox, stablelm_dir):
+    _add_site("site")
+    registry = collect()
+    assert registry.provided_by["families"]["stablelm"] == "example_stablelm"
+    with ModularAdaptrixEngine(str(stablelm_dir), device="cpu") as engine:
+        info = engine.get_model_info()
+        assert info["family"] == "stablelm"
+        assert info["max_context"] == min(4096, info["max_context"])
+        result = engine.query("hello there", max_new_tokens=4, temperature=0)
+        assert result.family == "stablelm"
+        assert 1 <= result.completion_tokens <= 4
+        # Generation defaults come from the plugin's family data when not overridden.
+        defaults = engine.query("hello", max_new_tokens=2).generation
+        assert (defaults["temperature"], defaults["top_p"]) == (0.5, 0.8)
+
+
+def test_cli_lists_plugins_and_what_they_registered(plugin_sandbox):
+    _add_site("site")
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    entries = {entry["name"]: entry for entry in json.loads(result.stdout)["plugins"]}
+    assert entries["example_stablelm"]["families"] == ["stablelm"]
+    assert entries["backend_hf"]["backends"] == ["hf"]
+    assert all(entries[f"family_{name}"]["families"] == [name] for name in BUILTIN_FAMILIES)
+
+
+def test_broken_plugin_is_reported_not_fatal(plugin_sandbox, tiny_model_dir):
+    _add_site("broken")
+    assert [failure.name for failure in load_failures] == ["broken_plugin"]
+    assert "not-installed-anywhere" in load_failures[0].error
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    entries = {entry["name"]: entry for entry in json.loads(result.stdout)["plugins"]}
+    assert entries["broken_plugin"]["loaded"] is False
+    assert "ImportError" in entries["broken_plugin"]["error"]
+    table = CliRunner().invoke(cli, ["plugins"])
+    assert "broken_plugin" in table.output and "failed" in table.output
+    with ModularAdaptrixEngine(str(tiny_model_dir("llama")), device="cpu") as engine:
+        assert engine.get_model_info()["family"] == "llama"
+
+
+class _DuplicateFamily:
+    @hookimpl
+    def register_model_families(self, register):
+        register(ModelFamily(name="llama", model_types=("nothing",)))
+        register("not a family")
+
+
+def test_duplicate_and_invalid_registrations_are_problems_first_wins(plugin_sandbox):
+    manager = get_plugin_manager()
+    manager.register(_DuplicateFamily(), name="duplicate_family")
+    registry = collect(manager)
+    assert registry.provided_by["families"]["llama"] == "family_llama"
+    assert any("already registered by 'family_llama'" in p for p in registry.problems)
+    assert any("expects a ModelFamily" in p for p in registry.problems)
