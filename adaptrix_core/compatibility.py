@@ -71,7 +71,8 @@ def check_compatibility(
     problems: list[str] = []
     warnings: list[str] = []
 
-    peft_type = str(config.get("peft_type", "LORA")).upper()
+    peft_type = config.get("peft_type", "LORA")
+    peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # PEFT configs hold an enum
     if peft_type != "LORA":
         problems.append(f"Adapter type {peft_type} is not supported; only LoRA adapters are.")
 

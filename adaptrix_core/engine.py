@@ -156,6 +156,7 @@ class ModularAdaptrixEngine:
             "backend": backend.name,
             "chat_template": self._uses_chat_template(),
             "middle_layers": self._family.middle_layers(d.num_layers),
+            "layers_path": getattr(backend, "layers_path", None),
         }
 
     def check_adapter_compatibility(self, adapter_config: Any) -> CompatibilityReport:
@@ -259,7 +260,11 @@ class ModularAdaptrixEngine:
             return [trim_at_stop(c.text, params.stop)[0] for c in completions]
 
     def stream(self, prompt: str, **gen: Any) -> Iterator[str]:
-        """Yield the answer to ``prompt`` piece by piece as it is generated."""
+        """Yield the answer to ``prompt`` piece by piece as it is generated.
+
+        The engine stays busy until the iterator is exhausted or closed: close an abandoned stream
+        (``contextlib.closing``) so that other calls can run.
+        """
         with self._lock:
             backend = self._ready()
             params = self._sampling(gen)

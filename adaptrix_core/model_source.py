@@ -70,7 +70,8 @@ def resolve_model(model_id: str) -> ModelSource:
             raise ModelNotFoundError(
                 f"Folder {model_id!r} holds no config.json (nor a single .gguf file), so it is not a model folder."
             )
-        return ModelSource(model_id, "folder", path.resolve(), None, model_id)
+        # The folder's own name stands for the model: parent folders say nothing about it.
+        return ModelSource(model_id, "folder", path.resolve(), None, path.resolve().name)
     if _HUB_ID.match(model_id) and not path.exists():
         return _from_hub_cache(model_id)
     raise ModelNotFoundError(

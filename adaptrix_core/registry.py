@@ -72,7 +72,7 @@ def collect(manager: pluggy.PluginManager | None = None) -> Registry:
     hooks = {"families": manager.hook.register_model_families, "backends": manager.hook.register_backends,
              "routers": manager.hook.register_routers}
     for kind, hook in hooks.items():
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             try:
                 impl.function(register=_register_into(registry, kind, impl.plugin_name))
             except Exception as exc:

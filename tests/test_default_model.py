@@ -76,7 +76,7 @@ def test_multi_turn_memory(default_engine):
 
 def test_chat_with_messages(default_engine):
     answer = default_engine.chat(
-        [{"role": "system", "content": "You are a geography expert."},
+        [{"role": "system", "content": "You are a helpful assistant."},
          {"role": "user", "content": "What is the capital of France?"}],
         temperature=0, max_new_tokens=32,
     )

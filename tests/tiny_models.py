@@ -46,6 +46,8 @@ LARGE_CONTEXT = 4096
 #: Larger than the HF default (0.02) so that greedy decoding has clear winners: batched (padded) and
 #: single-prompt runs then pick the same tokens despite float rounding differences.
 INITIALIZER_RANGE = 0.2
+#: ``max_position_embeddings`` of each kind's config.
+MAX_POSITIONS = {kind: LARGE_CONTEXT if kind in ("phi", "phi3", "gpt2", "stablelm") else SMALL_CONTEXT for kind in KINDS}
 
 SPECIAL_TOKENS = (
     "<pad>", "<s>", "</s>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -172,6 +174,9 @@ def build_tokenizer(kind: str) -> Any:
         additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in tokens.values()],
         clean_up_tokenization_spaces=False,
         model_max_length=LARGE_CONTEXT,
+        # As saved by real Llama/Qwen/Gemma checkpoints: without it PreTrainedTokenizerFast also
+        # returns token_type_ids, which the HF backend would pass on to generate() (and fail).
+        model_input_names=["input_ids", "attention_mask"],
         **{name: value for name, value in tokens.items() if value is not None},
     )
 
@@ -302,6 +307,8 @@ def build_tiny_model(kind: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(kind)
     config, model_class = BUILDERS[kind](tokenizer)
+    assert config.max_position_embeddings == MAX_POSITIONS[kind], kind
+    assert config.num_hidden_layers == LAYERS and config.hidden_size == HIDDEN, kind
     torch.manual_seed(0)
     model = model_class(config).eval()
     model.save_pretrained(folder, safe_serialization=True)

@@ -119,7 +119,8 @@ class HFBackend:
     # -- generation --------------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str], templated: bool) -> Any:
         return self.tokenizer(
-            list(prompts), return_tensors="pt", padding=True, add_special_tokens=not templated
+            list(prompts), return_tensors="pt", padding=True, add_special_tokens=not templated,
+            return_token_type_ids=False,
         ).to(self.device)
 
     def _generation_config(self, params: SamplingParams, longest_prompt: int) -> GenerationConfig:
@@ -151,17 +152,21 @@ class HFBackend:
             )
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         completions = []
-        end_ids = {*self._eos_ids, self.tokenizer.pad_token_id}
+        end_ids, pad_id = set(self._eos_ids), self.tokenizer.pad_token_id
         for row, prompt_length in zip(new_tokens, prompt_lengths):
-            length = next((i for i, token in enumerate(row) if token in end_ids), None)
-            ended = length is not None
-            kept = row[:length] if ended else row
+            end = next((i for i, token in enumerate(row) if token in end_ids), None)
+            if end is None:  # stopped by length or a stop string; rows that finished early are padded
+                kept = row
+                while kept and kept[-1] == pad_id:
+                    kept = kept[:-1]
+            else:
+                kept = row[:end]
             completions.append(
                 Completion(
                     text=self.tokenizer.decode(kept, skip_special_tokens=True),
                     prompt_tokens=int(prompt_length),
-                    completion_tokens=len(kept) + (1 if ended else 0),
-                    finish_reason="stop" if ended or len(row) < config.max_new_tokens else "length",
+                    completion_tokens=len(kept) + (0 if end is None else 1),
+                    finish_reason="stop" if end is not None or len(row) < config.max_new_tokens else "length",
                 )
             )
         return completions

@@ -1,0 +1,73 @@
+"""Shared pytest fixtures: tiny random-weight models of every supported family, and the real default model.
+
+Nothing here touches the network: the Hugging Face libraries are put in offline mode when this file
+is imported (before any test imports transformers), and the tiny models are built locally by
+``tests/tiny_models.py``.
+
+* ``tiny_model_dir(kind)`` returns the folder of the tiny model of ``kind`` (see
+  ``tiny_models.KINDS``), built at most once per session under pytest's temporary directory.
+* ``single_torch_thread`` runs torch on one CPU thread for its scope and restores the previous
+  setting afterwards. Tiny models gain nothing from threads, and on small CPU machines OpenMP's
+  per-op start-up cost dominates (a 2-thread ``index_add_``, used by the MoE blocks, costs ~40 ms).
+* ``default_engine`` is a ``ModularAdaptrixEngine()`` on the real embedded default model
+  (SmolLM2-135M-Instruct), initialized once and cleaned up at the end of the session. Only tests
+  marked ``slow`` should use it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_models import KINDS, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A function ``kind -> folder`` of tiny model folders, each built on first request only."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+
+    def folder_for(kind: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"Unknown tiny model kind {kind!r}; known: {', '.join(KINDS)}.")
+        if kind not in built:
+            built[kind] = build_tiny_model(kind, root / f"tiny-{kind}")
+        return built[kind]
+
+    return folder_for
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one CPU thread while the requesting module runs; restore the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def default_engine():
+    """The engine on the real default model, loaded once per session (for tests marked ``slow``)."""
+    from adaptrix_core import ModularAdaptrixEngine
+
+    engine = ModularAdaptrixEngine()
+    engine.initialize()
+    try:
+        yield engine
+    finally:
+        engine.cleanup()
