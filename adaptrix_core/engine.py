@@ -121,6 +121,11 @@ class ModularAdaptrixEngine:
 
     # -- facts ---------------------------------------------------------------------------------
     @property
+    def backend(self) -> BaseModelInterface:
+        """The loaded backend plugin object (loads the model if needed); for benchmarks and plugins."""
+        return self._ready()
+
+    @property
     def family(self) -> ModelFamily:
         """The model family in use (loads the model if needed)."""
         self._ready()
@@ -157,6 +162,7 @@ class ModularAdaptrixEngine:
             "chat_template": self._uses_chat_template(),
             "middle_layers": self._family.middle_layers(d.num_layers),
             "layers_path": getattr(backend, "layers_path", None),
+            **d.extra,
         }
 
     def check_adapter_compatibility(self, adapter_config: Any) -> CompatibilityReport:

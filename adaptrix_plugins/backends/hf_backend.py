@@ -50,7 +50,7 @@ class HFBackend:
         self.tokenizer: Any = None
         self.device: torch.device | None = None
         self.layers_path: str | None = None
-        self._eos_ids: list[int] = []
+        self.eos_token_ids: list[int] = []  # tokens that end an answer: EOS and the family's end-of-turn
         self._description: ModelDescription | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -59,7 +59,7 @@ class HFBackend:
             torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, self.device)
-        self.tokenizer, self.model = load_model_and_tokenizer(source, self.device, dtype, cache_dir)
+        self.tokenizer, self.model, weights_path = load_model_and_tokenizer(source, self.device, dtype, cache_dir)
         tokenizer = self.tokenizer
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
@@ -78,6 +78,7 @@ class HFBackend:
             device=str(self.device),
             num_parameters=sum(p.numel() for p in self.model.parameters()),
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+            extra={"weights_path": str(weights_path)},
         )
         return self._description
 
@@ -89,7 +90,7 @@ class HFBackend:
             eos.extend(source if isinstance(source, list) else [source] if source is not None else [])
         vocab = self.tokenizer.get_vocab()
         eos.extend(vocab[token] for token in family.chat.end_of_turn_tokens if token in vocab)
-        self._eos_ids = list(dict.fromkeys(eos))
+        self.eos_token_ids = list(dict.fromkeys(eos))
 
     def close(self) -> None:
         self.model = None
@@ -128,7 +129,7 @@ class HFBackend:
             raise ContextOverflowError(longest_prompt, params.max_context)
         options: dict[str, Any] = {
             "max_new_tokens": min(params.max_new_tokens, params.max_context - longest_prompt),
-            "eos_token_id": self._eos_ids,
+            "eos_token_id": self.eos_token_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
             "use_cache": True,
             "do_sample": not params.greedy,
@@ -152,7 +153,7 @@ class HFBackend:
             )
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         completions = []
-        end_ids, pad_id = set(self._eos_ids), self.tokenizer.pad_token_id
+        end_ids, pad_id = set(self.eos_token_ids), self.tokenizer.pad_token_id
         for row, prompt_length in zip(new_tokens, prompt_lengths):
             end = next((i for i, token in enumerate(row) if token in end_ids), None)
             if end is None:  # stopped by length or a stop string; rows that finished early are padded

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _COMPLETE_MARKER = ".adaptrix-complete"
+_CONVERSION_FORMAT = 2  # bump when the conversion changes, so older cached copies are rebuilt
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -61,7 +62,8 @@ def _conversion_folder(source: ModelSource, cache_dir: Path) -> Path:
 
     gguf_path = (source.path / source.gguf_file).resolve()
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}|{_CONVERSION_FORMAT}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     # Keyed by the transformers version: a folder written by one major version can be misread by another.
     return cache_dir / "converted" / f"{gguf_path.stem}-{key}-transformers{transformers.__version__}"
 
@@ -72,6 +74,26 @@ def _detach_gguf_quantizer(model: Any) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+def _apply_gguf_special_tokens(tokenizer: Any, gguf_path: Path) -> None:
+    """Take EOS, pad and add-BOS from the GGUF metadata: transformers' GGUF tokenizer gets them wrong
+    for some files (SmolLM2: EOS would be <|im_start|>, BOS added to every prompt)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return field.contents() if field is not None else None
+
+    for attribute, key in (("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("bos_token", "bos_token_id")):
+        token_id = value(key)
+        if token_id is not None and 0 <= int(token_id) < len(tokenizer):
+            setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(int(token_id)))
+    add_bos = value("add_bos_token")
+    if add_bos is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)
 
 
 def _save_converted(model: Any, tokenizer: Any, folder: Path) -> None:
@@ -89,7 +111,10 @@ def _save_converted(model: Any, tokenizer: Any, folder: Path) -> None:
 
 
 def load_model_and_tokenizer(source: ModelSource, device: torch.device, dtype: torch.dtype, cache_dir: Path):
-    """Load (tokenizer, model) from local files; a GGUF file is converted once and cached as safetensors."""
+    """Load (tokenizer, model, weights folder) from local files.
+
+    A GGUF file is converted once and cached as safetensors; the returned folder is that copy.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, gguf_file = source.path, source.gguf_file
@@ -109,6 +134,7 @@ def load_model_and_tokenizer(source: ModelSource, device: torch.device, dtype: t
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"Could not load model {source.model_id!r} from {str(folder)!r}: {exc}") from exc
     if convert_to is not None:
+        _apply_gguf_special_tokens(tokenizer, source.path / source.gguf_file)
         _detach_gguf_quantizer(model)
         try:
             _save_converted(model, tokenizer, convert_to)
@@ -116,7 +142,8 @@ def load_model_and_tokenizer(source: ModelSource, device: torch.device, dtype: t
             log.warning("Could not cache the converted GGUF model in %s (%s); the next start converts again.", convert_to, exc)
     model.to(device=device, dtype=dtype)
     model.eval()
-    return tokenizer, model
+    weights_path = convert_to if convert_to is not None and (convert_to / _COMPLETE_MARKER).is_file() else folder
+    return tokenizer, model, weights_path
 
 
 def find_layers_path(model: Any, layers_path: str | None, num_layers: int) -> str:
