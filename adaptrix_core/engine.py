@@ -8,10 +8,13 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
+from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
+from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
     BackendNotFoundError,
     ConfigError,
     EngineClosedError,
+    InvalidGenerationParameterError,
     InvalidPromptError,
     PluginError,
 )
@@ -32,7 +35,7 @@ from adaptrix_core.registry import Registry, collect
 from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
 
 
-class ModularAdaptrixEngine:
+class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
@@ -69,6 +72,7 @@ class ModularAdaptrixEngine:
         self._source: ModelSource | None = None
         self._registry: Registry | None = None
         self._closed = False
+        self._init_adapters()
 
     # -- lifecycle -------------------------------------------------------------------------
     def initialize(self) -> "ModularAdaptrixEngine":
@@ -192,8 +196,8 @@ class ModularAdaptrixEngine:
             template_kwargs["enable_thinking"] = self.config.model.enable_thinking if thinking is None else bool(thinking)
         return self._backend.render_chat(messages, template_kwargs), True
 
-    def _sampling(self, gen: Mapping[str, Any]) -> SamplingParams:
-        check_generation_keys(gen)
+    def _sampling(self, gen: Mapping[str, Any], extra_keys: tuple[str, ...] = ("adapter",)) -> SamplingParams:
+        check_generation_keys(gen, extra_keys)
         return resolve_sampling(gen, self._family, self.config.generation, self.max_context)
 
     def _conversation(self, prompt: str, use_context: bool) -> list[dict[str, str]]:
@@ -214,20 +218,22 @@ class ModularAdaptrixEngine:
         return [dict(m) for m in self._history]
 
     # -- generation ------------------------------------------------------------------------------
-    def _complete(self, messages: list[dict[str, str]], gen: Mapping[str, Any]) -> tuple[QueryResult, str]:
+    def _complete(self, messages: list[dict[str, str]], gen: Mapping[str, Any]) -> QueryResult:
         started = time.perf_counter()
         backend = self._ready()
         params = self._sampling(gen)
+        choice = self._choose(gen.get("adapter", ACTIVE))
         prompt, templated = self._render(messages, gen)
-        completion = backend.generate([prompt], params, templated=templated)[0]
+        completion = backend.generate([prompt], params, templated=templated, adapters=[choice.target])[0]
         text, stopped = trim_at_stop(completion.text, params.stop)
         return self._result(text, completion.prompt_tokens, completion.completion_tokens,
-                            "stop" if stopped else completion.finish_reason, params, started), prompt
+                            "stop" if stopped else completion.finish_reason, params, started, choice)
 
     def _result(self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                params: SamplingParams, started: float) -> QueryResult:
+                params: SamplingParams, started: float, choice: AdapterChoice) -> QueryResult:
         return QueryResult(
             text=text, model_id=self.model_id, family=self._family.name, backend=self._backend.name,
+            adapters=list(choice.weights), adapter_weights=dict(choice.weights),
             latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, finish_reason=finish_reason,
             generation={"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
@@ -238,7 +244,7 @@ class ModularAdaptrixEngine:
         """Answer ``prompt`` and say how: text, tokens, latency, family, adapters, routing."""
         with self._lock:
             use_context = self.use_context_by_default
-            result, _ = self._complete(self._conversation(prompt, use_context), gen)
+            result = self._complete(self._conversation(prompt, use_context), gen)
             if use_context:
                 self._remember(prompt, result.text)
             return result
@@ -250,19 +256,33 @@ class ModularAdaptrixEngine:
     def chat(self, messages: Sequence[Mapping[str, str]], **gen: Any) -> str:
         """Answer the last user turn of OpenAI-style ``messages`` (engine memory is not used)."""
         with self._lock:
-            result, _ = self._complete(check_messages(messages), gen)
+            result = self._complete(check_messages(messages), gen)
             return result.text
 
-    def generate_batch(self, prompts: Sequence[str], **gen: Any) -> list[str]:
-        """Answer several independent prompts in one left-padded batch."""
+    def generate_batch(self, prompts: Sequence[str], adapters: Sequence[Any] | None = None, **gen: Any) -> list[str]:
+        """Answer several independent prompts in one left-padded batch.
+
+        ``adapters`` gives each prompt its own adapter (a name, a ``{name: weight}`` mix or None for
+        the base model); without it every prompt uses ``gen["adapter"]`` or the active adapters.
+        """
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise InvalidPromptError("generate_batch() takes a non-empty list of prompt strings.")
+        if adapters is not None and (isinstance(adapters, (str, Mapping)) or len(adapters) != len(prompts)):
+            raise InvalidGenerationParameterError(
+                f"adapters must be a list with one entry per prompt ({len(prompts)}), got {adapters!r}."
+            )
         with self._lock:
             backend = self._ready()
             params = self._sampling(gen)
+            specs = list(adapters) if adapters is not None else [gen.get("adapter", ACTIVE)] * len(prompts)
+            pinned: list[str] = []
+            for spec in specs:
+                pinned.extend(self._parse_adapter(spec))
+            targets = [self._choose(spec, pinned=pinned).target for spec in specs]
             rendered = [self._render(self._conversation(p, False), gen) for p in prompts]
             templated = rendered[0][1]
-            completions = backend.generate([text for text, _ in rendered], params, templated=templated)
+            completions = backend.generate([text for text, _ in rendered], params, templated=templated, adapters=targets)
+            self._evict(keep=())
             return [trim_at_stop(c.text, params.stop)[0] for c in completions]
 
     def stream(self, prompt: str, **gen: Any) -> Iterator[str]:
@@ -274,9 +294,10 @@ class ModularAdaptrixEngine:
         with self._lock:
             backend = self._ready()
             params = self._sampling(gen)
+            choice = self._choose(gen.get("adapter", ACTIVE))
             use_context = self.use_context_by_default
             rendered, templated = self._render(self._conversation(prompt, use_context), gen)
-            pieces = backend.stream(rendered, params, templated=templated)
+            pieces = backend.stream(rendered, params, templated=templated, adapter=choice.target)
         return self._stream_and_remember(pieces, params, prompt, use_context)
 
     def _stream_and_remember(self, pieces: Iterator[str], params: SamplingParams, prompt: str,

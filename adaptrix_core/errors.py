@@ -67,3 +67,32 @@ class EngineClosedError(AdaptrixError, RuntimeError):
 
 class AdapterError(AdaptrixError, ValueError):
     """An adapter is missing, corrupt, tampered with or incompatible with the loaded model."""
+
+
+class AdapterNotFoundError(AdapterError, LookupError):
+    """No adapter of that name is in the store (or loaded)."""
+
+
+class AdapterCorruptError(AdapterError):
+    """An adapter's files are missing, unreadable or inconsistent with each other."""
+
+
+class AdapterIntegrityError(AdapterError):
+    """An adapter's weights do not match the sha256 recorded in its metadata (tampered or damaged)."""
+
+
+class AdapterIncompatibleError(AdapterError):
+    """An adapter was made for another base model, family, depth or layer shapes."""
+
+    def __init__(self, name: str, problems: list[str]):
+        self.name = name
+        self.problems = problems
+        super().__init__(f"Adapter {name!r} does not fit the loaded model: " + " ".join(problems))
+
+
+class AdapterExistsError(AdapterError):
+    """An adapter of that name already exists and overwrite was not asked for."""
+
+
+class TrainingDataError(AdaptrixError, ValueError):
+    """Training data is missing, malformed or too small."""

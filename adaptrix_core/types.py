@@ -67,6 +67,7 @@ class QueryResult(BaseModel):
     family: str = Field(description="Detected (or forced) model family name.")
     backend: str = Field("hf", description="Backend that generated the text.")
     adapters: list[str] = Field(default_factory=list, description="Adapters active for this answer.")
+    adapter_weights: dict[str, float] = Field(default_factory=dict, description="Composition weight of each adapter.")
     routing: dict[str, Any] | None = Field(None, description="Router decision, when routing chose the adapters.")
     sources: list[dict[str, Any]] = Field(default_factory=list, description="Retrieved passages used (RAG).")
     latency_ms: float = Field(description="Wall-clock time of the whole call, milliseconds.")

@@ -14,6 +14,7 @@ from adaptrix_core.errors import ContextOverflowError, EngineClosedError, ModelL
 from adaptrix_core.families import ModelFamily
 from adaptrix_core.model_source import ModelSource
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
+from adaptrix_plugins.backends.hf_lora import PeftAdapters
 from adaptrix_plugins.backends.hf_loading import (
     find_layers_path,
     load_model_and_tokenizer,
@@ -52,6 +53,8 @@ class HFBackend:
         self.layers_path: str | None = None
         self.eos_token_ids: list[int] = []  # tokens that end an answer: EOS and the family's end-of-turn
         self._description: ModelDescription | None = None
+        self._module_names: list[str] = []
+        self.lora: PeftAdapters | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
@@ -91,10 +94,13 @@ class HFBackend:
         vocab = self.tokenizer.get_vocab()
         eos.extend(vocab[token] for token in family.chat.end_of_turn_tokens if token in vocab)
         self.eos_token_ids = list(dict.fromkeys(eos))
+        self._module_names = [name for name, _ in self.model.named_modules() if name]
+        self.lora = PeftAdapters(self.model, self.device)
 
     def close(self) -> None:
         self.model = None
         self.tokenizer = None
+        self.lora = None
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -115,7 +121,39 @@ class HFBackend:
 
     def module_names(self) -> list[str]:
         self._require_model()
-        return [name for name, _ in self.model.named_modules() if name]
+        return list(self._module_names)
+
+    # -- LoRA adapters (see hf_lora.PeftAdapters) ---------------------------------------------------
+    def lora_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of every layer an adapter may target, by module path."""
+        self._require_model()
+        return dict(self.lora.shapes)
+
+    def inject_lora(self, name: str, config: Mapping[str, Any], weights_file: Path | None = None) -> int:
+        """Add adapter ``name`` (fresh when ``weights_file`` is None); return the bytes it takes."""
+        self._require_model()
+        return self.lora.add(name, config, weights_file)
+
+    def remove_lora(self, name: str) -> None:
+        self._require_model()
+        self.lora.remove(name)
+
+    def compose_lora(self, name: str, weights: Mapping[str, float]) -> int:
+        """Add ``name`` as the weighted sum of loaded adapters; return its bytes."""
+        self._require_model()
+        return self.lora.compose(name, weights)
+
+    def save_lora(self, name: str, folder: Path, base_model: str) -> Path:
+        """Write adapter ``name`` as a PEFT folder inside ``folder``; return the folder written."""
+        self._require_model()
+        return self.lora.save(name, folder, base_model)
+
+    def train_lora(self, name: str, examples: Sequence[tuple[str, str]], options: Mapping[str, Any], progress: Any = None) -> dict[str, Any]:
+        """Train adapter ``name`` on (rendered prompt, response) pairs; return loss figures."""
+        from adaptrix_plugins.backends.hf_training import train_lora
+
+        self._require_model()
+        return train_lora(self, name, examples, options, progress)
 
     # -- generation --------------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str], templated: bool) -> Any:
@@ -140,16 +178,17 @@ class HFBackend:
             options["stop_strings"] = list(params.stop)
         return GenerationConfig(**options)
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool,
+                 adapters: Sequence[str | None] | None = None) -> list[Completion]:
         self._require_model()
         inputs = self._encode(prompts, templated)
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         config = self._generation_config(params, max(prompt_lengths))
         if not params.greedy and params.seed is not None:
             torch.manual_seed(params.seed)
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs, generation_config=config, tokenizer=self.tokenizer if params.stop else None
+        with torch.inference_mode(), self.lora.activated(adapters) as (model, extra):
+            output = model.generate(
+                **inputs, **extra, generation_config=config, tokenizer=self.tokenizer if params.stop else None
             )
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         completions = []
@@ -172,7 +211,7 @@ class HFBackend:
             )
         return completions
 
-    def stream(self, prompt: str, params: SamplingParams, *, templated: bool) -> Iterator[str]:
+    def stream(self, prompt: str, params: SamplingParams, *, templated: bool, adapter: str | None = None) -> Iterator[str]:
         self._require_model()
         inputs = self._encode([prompt], templated)
         config = self._generation_config(params, inputs["input_ids"].shape[1])
@@ -197,9 +236,10 @@ class HFBackend:
 
         def run() -> None:
             try:
-                with torch.inference_mode():
-                    self.model.generate(
+                with torch.inference_mode(), self.lora.activated([adapter]) as (model, extra):
+                    model.generate(
                         **inputs,
+                        **extra,
                         generation_config=config,
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_StopWhenSet(cancelled)]),
