@@ -147,11 +147,11 @@ class AdapterManager:
         )
 
     def list(self) -> list[AdapterListing]:
-        """Every adapter in the store with its metadata, or the problem that stops reading it."""
+        """Every adapter in the store with its metadata, or the problem found by ``validate``."""
         listings = []
         for name in self.names():
             try:
-                listings.append(AdapterListing(name, self.metadata(name), None))
+                listings.append(AdapterListing(name, self.validate(name)[0], None))
             except AdapterError as exc:
                 listings.append(AdapterListing(name, None, str(exc)))
         return listings

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
@@ -40,18 +41,52 @@ def handle_errors(command: Callable) -> Callable:
     return wrapper
 
 
+@dataclass
+class EngineOptions:
+    """The model-related flags every model-loading command shares."""
+
+    model_id: str | None
+    device: str | None
+    backend: str | None
+    config_path: str | None
+    adapters_dir: str | None
+
+    def config(self):
+        from adaptrix_core.config import load_config
+
+        return load_config(path=self.config_path, overrides={
+            "model": {"model_id": self.model_id, "device": self.device, "backend": self.backend},
+            "adapters": {"directory": self.adapters_dir},
+        })
+
+    def engine(self):
+        from adaptrix_core.engine import ModularAdaptrixEngine
+
+        _quiet_libraries()
+        return ModularAdaptrixEngine(config=self.config())
+
+
 def model_options(command: Callable) -> Callable:
-    """Options shared by commands that load a model."""
+    """Options shared by commands that load a model; the command receives ``opts: EngineOptions``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, model_id, device, backend, config_path, adapters_dir, **kwargs: Any) -> Any:
+        return command(*args, opts=EngineOptions(model_id, device, backend, config_path, adapters_dir), **kwargs)
+
     options = [
         click.option("--model", "-m", "model_id", help="Model id: 'default', a folder, a .gguf file or a cached hub id."),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--backend", help="Backend plugin name (default: hf)."),
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables."),
+        click.option("--adapters-dir", help="Adapter store folder (default: ./adapters)."),
     ]
     for option in reversed(options):
-        command = option(command)
-    return command
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def json_option(command: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(command)
 
 
 def _quiet_libraries() -> None:
@@ -62,24 +97,35 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
 
 
-def _engine(model_id: str | None, device: str | None, backend: str | None, config_path: str | None):
-    from adaptrix_core.config import load_config
-    from adaptrix_core.engine import ModularAdaptrixEngine
-
-    _quiet_libraries()
-    config = load_config(path=config_path, overrides={"model": {"model_id": model_id, "device": device, "backend": backend}})
-    return ModularAdaptrixEngine(config=config)
-
-
 @click.group()
 @click.version_option(package_name="adaptrix")
 def cli() -> None:
     """Adaptrix: a small language model with many task-specific LoRA adapters."""
 
 
+def parse_adapter_option(value: str | None) -> Any:
+    """``--adapter`` values: a name, ``a,b`` (stacked), ``a=0.7,b=0.3`` (weighted), ``none`` or ``auto``."""
+    if value is None:
+        return None
+    if value.lower() == "none":
+        return {}
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if any("=" in part for part in parts):
+        weights = {}
+        for part in parts:
+            name, _, weight = part.partition("=")
+            try:
+                weights[name.strip()] = float(weight)
+            except ValueError:
+                raise click.BadParameter(f"weight {weight!r} of adapter {name!r} is not a number", param_hint="--adapter")
+        return weights
+    return parts[0] if len(parts) == 1 else parts
+
+
 @cli.command()
 @click.argument("prompt")
 @model_options
+@click.option("--adapter", "-a", help="Adapter name, 'a,b', 'a=0.7,b=0.3', 'none', or 'auto' (routing).")
 @click.option("--max-new-tokens", type=int, help="Upper bound on generated tokens.")
 @click.option("--temperature", type=float, help="0 for greedy decoding.")
 @click.option("--top-p", type=float, help="Nucleus sampling mass in (0, 1].")
@@ -87,14 +133,22 @@ def cli() -> None:
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--task-type", help="Preset: general, code, math, creative.")
 @click.option("--stream/--no-stream", default=False, help="Print the answer as it is generated.")
+@json_option
 @handle_errors
-def query(prompt: str, model_id, device, backend, config_path, as_json, max_new_tokens, temperature, top_p, seed,
-          stop, task_type, stream) -> None:
-    """Answer PROMPT with the model."""
+def query(prompt: str, opts: EngineOptions, adapter, max_new_tokens, temperature, top_p, seed, stop, task_type,
+          stream, as_json) -> None:
+    """Answer PROMPT with the model (and the active adapters, or --adapter)."""
+    from adaptrix_core.cli_state import active_adapters_for
+
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
            "stop": list(stop) or None, "task_type": task_type}
     gen = {k: v for k, v in gen.items() if v is not None}
-    with _engine(model_id, device, backend, config_path) as engine:
+    config = opts.config()
+    chosen = parse_adapter_option(adapter)
+    if chosen is None:
+        chosen = active_adapters_for(config) or None
+    gen["adapter"] = chosen if chosen != {} else None
+    with opts.engine() as engine:
         if stream and not as_json:
             for piece in engine.stream(prompt, **gen):
                 click.echo(piece, nl=False)
@@ -125,8 +179,8 @@ def _memory(engine_info: dict[str, Any]) -> dict[str, Any]:
     return memory
 
 
-def _show_info(model_id, device, backend, config_path, as_json) -> None:
-    with _engine(model_id, device, backend, config_path) as engine:
+def _show_info(opts: EngineOptions, as_json: bool) -> None:
+    with opts.engine() as engine:
         info = engine.get_model_info()
         info["memory"] = _memory(info)
     if as_json:
@@ -146,18 +200,20 @@ def _show_info(model_id, device, backend, config_path, as_json) -> None:
 
 @cli.command()
 @model_options
+@json_option
 @handle_errors
-def info(model_id, device, backend, config_path, as_json) -> None:
+def info(opts: EngineOptions, as_json: bool) -> None:
     """Load the model and show what it is, where it runs and the memory it takes."""
-    _show_info(model_id, device, backend, config_path, as_json)
+    _show_info(opts, as_json)
 
 
 @cli.command()
 @model_options
+@json_option
 @handle_errors
-def status(model_id, device, backend, config_path, as_json) -> None:
+def status(opts: EngineOptions, as_json: bool) -> None:
     """Same as ``info``: model, device and memory."""
-    _show_info(model_id, device, backend, config_path, as_json)
+    _show_info(opts, as_json)
 
 
 @cli.command()
@@ -191,6 +247,9 @@ def plugins(as_json: bool) -> None:
 
 def main() -> None:
     cli(prog_name="adaptrix")
+
+
+from adaptrix_core import cli_adapters  # noqa: E402,F401  (registers the adapter commands on ``cli``)
 
 
 if __name__ == "__main__":

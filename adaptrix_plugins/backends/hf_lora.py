@@ -96,7 +96,8 @@ class PeftAdapters:
         internal = self._new_internal(name)
         try:
             if self.peft is None:
-                self.peft = get_peft_model(self.base, lora_config, adapter_name=internal)
+                with _quiet_peft():  # peft notes that base_model_name_or_path now points at the local folder
+                    self.peft = get_peft_model(self.base, lora_config, adapter_name=internal)
             else:
                 self.peft.add_adapter(internal, lora_config)
             if weights_file is not None:
@@ -144,12 +145,14 @@ class PeftAdapters:
         except (ValueError, TypeError) as exc:
             self._forget(name)
             raise AdapterError(f"Adapters {', '.join(weights)} cannot be composed: {exc}") from None
+        self.peft.eval()  # new dropout modules start in training mode
         return self._measure(name)
 
     def save(self, name: str, folder: Path, base_model: str) -> Path:
         """Write adapter ``name`` as a standard PEFT folder (safetensors) under ``folder``; return it."""
         internal = self.internal(name)
-        self.peft.save_pretrained(str(folder), selected_adapters=[internal], safe_serialization=True)
+        with _quiet_peft():  # peft cannot find the base config when the model came from a converted folder
+            self.peft.save_pretrained(str(folder), selected_adapters=[internal], safe_serialization=True)
         written = folder / internal if (folder / internal).is_dir() else folder
         config_file = written / "adapter_config.json"
         config = json.loads(config_file.read_text())

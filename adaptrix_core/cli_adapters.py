@@ -1,0 +1,302 @@
+"""Adapter commands: list, load, unload, active, train, and the ``adapters`` group (import, validate, ...)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from adaptrix_core.cli import EngineOptions, _console, _emit_json, cli, handle_errors, json_option, model_options
+from adaptrix_core.cli_state import active_adapters_for, set_active_adapters
+
+
+def _store(opts: EngineOptions):
+    from adaptrix_core.adapter_store import AdapterManager
+
+    return AdapterManager(opts.config().adapters.directory)
+
+
+def _print_listing(rows: list[dict[str, Any]], active: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Adapters")
+    for column in ("name", "active", "layers", "rank", "held-out score", "description / problem"):
+        table.add_column(column)
+    for row in rows:
+        metrics = row.get("performance_metrics") or {}
+        metric = metrics.get("metric")
+        score = f"{metrics[metric]:.0%} (base {metrics.get('base_' + metric, 0):.0%})" if metric in metrics else ""
+        layers = row.get("target_layers")
+        table.add_row(row["name"], "yes" if row["name"] in active else "",
+                      f"{layers[0]}-{layers[-1]}" if layers else ("all" if row.get("rank") else ""),
+                      str(row.get("rank") or ""), score,
+                      f"[red]{row['problem']}[/]" if row.get("problem") else row.get("description", ""))
+    _console().print(table)
+
+
+def _list(opts: EngineOptions, as_json: bool) -> None:
+    config = opts.config()
+    active = active_adapters_for(config)
+    rows = []
+    for listing in _store(opts).list():
+        meta = listing.metadata
+        rows.append({"name": listing.name, "active": listing.name in active, "problem": listing.problem,
+                     **({"description": meta.description, "target_layers": meta.target_layers, "rank": meta.rank,
+                         "performance_metrics": meta.performance_metrics, "version": meta.version} if meta else {})})
+    if as_json:
+        _emit_json({"adapters": rows, "active": active, "directory": config.adapters.directory})
+    else:
+        _print_listing(rows, active)
+
+
+@cli.command("list")
+@model_options
+@json_option
+@handle_errors
+def list_command(opts: EngineOptions, as_json: bool) -> None:
+    """List the adapters in the store (alias: list-adapters)."""
+    _list(opts, as_json)
+
+
+@cli.command("list-adapters")
+@model_options
+@json_option
+@handle_errors
+def list_adapters_command(opts: EngineOptions, as_json: bool) -> None:
+    """List the adapters in the store (alias of list)."""
+    _list(opts, as_json)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@model_options
+@json_option
+@handle_errors
+def load(names: tuple[str, ...], opts: EngineOptions, as_json: bool) -> None:
+    """Validate adapters against the model, load them, and make them active for later queries."""
+    timings = {}
+    with opts.engine() as engine:
+        engine.initialize()
+        for name in names:
+            started = time.perf_counter()
+            engine.load_adapter(name)
+            timings[name] = round((time.perf_counter() - started) * 1000, 1)
+        report = engine.memory_report()
+    config = opts.config()
+    active = list(dict.fromkeys(active_adapters_for(config) + list(names)))
+    set_active_adapters(config, active)
+    data = {"loaded": list(names), "load_ms": timings, "adapter_bytes": {n: report["adapters"][n] for n in names if n in report["adapters"]},
+            "active": active}
+    if as_json:
+        _emit_json(data)
+        return
+    for name in names:
+        _console().print(f"loaded [bold]{name}[/] in {timings[name]} ms ({data['adapter_bytes'].get(name, 0) / 2**20:.2f} MiB)")
+    _console().print(f"active: {', '.join(active)}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "unload_all", is_flag=True, help="Deactivate every adapter.")
+@model_options
+@json_option
+@handle_errors
+def unload(names: tuple[str, ...], unload_all: bool, opts: EngineOptions, as_json: bool) -> None:
+    """Stop using adapters in later queries (they stay in the store)."""
+    config = opts.config()
+    active = active_adapters_for(config)
+    missing = [name for name in names if name not in active]
+    if missing and not unload_all:
+        from adaptrix_core.errors import AdapterNotFoundError
+
+        raise AdapterNotFoundError(f"Not active: {', '.join(missing)} (active: {', '.join(active) or 'none'}).")
+    remaining = [] if unload_all else [name for name in active if name not in names]
+    set_active_adapters(config, remaining)
+    if as_json:
+        _emit_json({"active": remaining})
+    else:
+        _console().print(f"active: {', '.join(remaining) or 'none (base model)'}")
+
+
+@cli.command()
+@model_options
+@json_option
+@handle_errors
+def active(opts: EngineOptions, as_json: bool) -> None:
+    """Show the adapters that queries use when they name none."""
+    names = active_adapters_for(opts.config())
+    if as_json:
+        _emit_json({"active": names})
+    else:
+        _console().print(", ".join(names) or "none (base model)")
+
+
+def _layers_option(value: str) -> Any:
+    if value in ("middle", "quartiles", "all"):
+        return value
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter("use middle, quartiles, all or comma-separated indices", param_hint="--layers") from None
+
+
+@cli.command()
+@click.option("--name", required=True, help="Name of the new adapter.")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL training data.")
+@click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), help="Held-out JSONL (default: --eval-split of --data).")
+@click.option("--layers", default="middle", show_default=True, help="middle, quartiles, all, or indices like 10,11,12.")
+@click.option("--target-modules", help="Comma-separated projection names (default: the family's).")
+@click.option("--rank", default=16, show_default=True, type=int)
+@click.option("--alpha", default=32.0, show_default=True, type=float)
+@click.option("--dropout", default=0.05, show_default=True, type=float)
+@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--lr", "learning_rate", default=2e-4, show_default=True, type=float)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--eval-split", default=0.1, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--metric", default="auto", show_default=True, type=click.Choice(["auto", "exact_match", "json_match"]))
+@click.option("--description", default="", help="What the adapter does (routers read it).")
+@click.option("--keywords", help="Comma-separated routing keywords.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing adapter of that name.")
+@model_options
+@json_option
+@handle_errors
+def train(name, data_path, eval_data, layers, target_modules, rank, alpha, dropout, epochs, learning_rate, batch_size,
+          eval_split, seed, metric, description, keywords, overwrite, opts: EngineOptions, as_json: bool) -> None:
+    """Train a LoRA adapter on a JSONL file (prompt/response or messages) and save it to the store."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with opts.engine() as engine:
+        engine.initialize()
+        with Progress(TextColumn("training {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                      console=_console(stderr=True), disable=as_json) as bar:
+            task = bar.add_task("train", total=None, name=name, loss="-")
+
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
+
+            meta = engine.train_adapter(
+                name, data_path, eval_data=eval_data, layers=_layers_option(layers),
+                target_modules=target_modules.split(",") if target_modules else None, rank=rank, alpha=alpha,
+                dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                eval_split=eval_split, seed=seed, metric=metric, description=description,
+                keywords=[k.strip() for k in keywords.split(",")] if keywords else None, overwrite=overwrite,
+                progress=progress,
+            )
+    if as_json:
+        _emit_json(meta.model_dump())
+        return
+    metrics = meta.performance_metrics
+    _console().print(f"saved adapter [bold]{meta.name}[/] (layers {meta.target_layers}, rank {meta.rank})")
+    if "metric" in metrics:
+        m = metrics["metric"]
+        _console().print(f"held-out {m}: adapter {metrics[m]:.1%}, base model {metrics['base_' + m]:.1%} "
+                         f"({metrics['eval_examples']} examples)")
+
+
+@cli.group()
+def adapters() -> None:
+    """Manage the adapter store: import, validate, export, delete."""
+
+
+@adapters.command("list")
+@model_options
+@json_option
+@handle_errors
+def adapters_list(opts: EngineOptions, as_json: bool) -> None:
+    """List the adapters in the store."""
+    _list(opts, as_json)
+
+
+@adapters.command("import")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", required=True, help="Name in the store.")
+@click.option("--description", default="", help="What the adapter does.")
+@click.option("--keywords", help="Comma-separated routing keywords.")
+@click.option("--overwrite", is_flag=True)
+@model_options
+@json_option
+@handle_errors
+def adapters_import(path, name, description, keywords, overwrite, opts: EngineOptions, as_json: bool) -> None:
+    """Copy a PEFT LoRA folder made elsewhere into the store (metadata derived from its config)."""
+    routing = {"keywords": [k.strip() for k in keywords.split(",")]} if keywords else None
+    meta = _store(opts).import_peft(path, name, overwrite=overwrite, description=description, routing=routing)
+    if as_json:
+        _emit_json(meta.model_dump())
+    else:
+        _console().print(f"imported [bold]{meta.name}[/] (rank {meta.rank}, targets {', '.join(meta.target_modules)}, "
+                         f"base {meta.base_model or 'unknown'})")
+
+
+@adapters.command("validate")
+@click.argument("names", nargs=-1)
+@click.option("--files-only", is_flag=True, help="Check files and checksums without loading the model.")
+@model_options
+@json_option
+@handle_errors
+def adapters_validate(names, files_only: bool, opts: EngineOptions, as_json: bool) -> None:
+    """Check adapters' files, checksums and (unless --files-only) their fit to the model; exit 1 if any fails."""
+    from adaptrix_core.errors import AdapterError
+
+    store = _store(opts)
+    names = names or tuple(store.names())
+    results = {}
+    engine = None if files_only else opts.engine().initialize()
+    try:
+        for name in names:
+            try:
+                if engine is None:
+                    store.validate(name)
+                else:
+                    engine.check_stored_adapter(name)
+                results[name] = {"valid": True, "problem": None}
+            except AdapterError as exc:
+                results[name] = {"valid": False, "problem": str(exc), "error": type(exc).__name__}
+    finally:
+        if engine is not None:
+            engine.cleanup()
+    if as_json:
+        _emit_json({"adapters": results})
+    else:
+        for name, result in results.items():
+            mark = "[green]ok[/]" if result["valid"] else f"[red]{result['error']}[/]: {result['problem']}"
+            _console().print(f"{name}: {mark}")
+    if not all(result["valid"] for result in results.values()):
+        raise SystemExit(1)
+
+
+@adapters.command("export")
+@click.argument("name")
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+@model_options
+@json_option
+@handle_errors
+def adapters_export(name, destination, overwrite, opts: EngineOptions, as_json: bool) -> None:
+    """Copy a validated adapter out as a PEFT folder (loadable by PEFT, vLLM, LoRAX)."""
+    path = _store(opts).export(name, destination, overwrite=overwrite)
+    if as_json:
+        _emit_json({"exported": name, "path": str(path)})
+    else:
+        _console().print(f"exported {name} to {path}")
+
+
+@adapters.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@model_options
+@json_option
+@handle_errors
+def adapters_delete(name, yes, opts: EngineOptions, as_json: bool) -> None:
+    """Remove an adapter from the store."""
+    if not yes and not as_json:
+        click.confirm(f"Delete adapter {name!r} from the store?", abort=True)
+    _store(opts).delete(name)
+    config = opts.config()
+    set_active_adapters(config, [n for n in active_adapters_for(config) if n != name])
+    if as_json:
+        _emit_json({"deleted": name})
+    else:
+        _console().print(f"deleted {name}")
