@@ -23,6 +23,7 @@ from adaptrix_core.errors import (
     InvalidGenerationParameterError,
 )
 from adaptrix_core.layers import resolve_layers, resolve_targets
+from adaptrix_core.protocols import AdapterBackend
 
 ACTIVE = object()  # the ``adapter`` argument was not given: use the active adapters
 
@@ -151,8 +152,14 @@ class AdapterServingMixin:
                 "active": self.active_adapters(),
             }
 
-    def _ensure_loaded(self, name: str, pinned: Sequence[str]) -> LoadedAdapter:
+    def _adapter_backend(self) -> AdapterBackend:
         backend = self._ready()
+        if not isinstance(backend, AdapterBackend):
+            raise AdapterError(f"The {backend.name!r} backend does not serve LoRA adapters; use backend='hf'.")
+        return backend
+
+    def _ensure_loaded(self, name: str, pinned: Sequence[str]) -> LoadedAdapter:
+        backend = self._adapter_backend()
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return self._loaded[name]
@@ -256,7 +263,7 @@ class AdapterServingMixin:
         ``target_modules=None`` takes the family's defaults present in the model.
         """
         with self._lock:
-            backend = self._ready()
+            backend = self._adapter_backend()
             check_adapter_name(name)
             if name in self._loaded:
                 raise AdapterError(f"Adapter {name!r} is already loaded; unload it or pick another name.")

@@ -49,15 +49,18 @@ class BaseModelInterface(Protocol):
     def count_tokens(self, text: str) -> int:
         """Number of tokens ``text`` encodes to (no special tokens added)."""
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool,
+                 adapters: Sequence[str | None] | None = None) -> list[Completion]:
         """Generate one completion per prompt, as one batch.
 
         ``templated`` says the prompts were rendered by ``render_chat`` (so no BOS is added again).
-        Raises ``ContextOverflowError`` when a prompt leaves no room in ``params.max_context``; a
-        smaller ``max_new_tokens`` is used when only the answer would overflow.
+        ``adapters`` names, per prompt, the loaded adapter to use (None: the base model); a backend
+        without adapter support accepts only None. Raises ``ContextOverflowError`` when a prompt
+        leaves no room in ``params.max_context``; a smaller ``max_new_tokens`` is used when only the
+        answer would overflow.
         """
 
-    def stream(self, prompt: str, params: SamplingParams, *, templated: bool) -> Iterator[str]:
+    def stream(self, prompt: str, params: SamplingParams, *, templated: bool, adapter: str | None = None) -> Iterator[str]:
         """Yield the completion of one prompt as text pieces; closing the iterator stops decoding."""
 
     def module_names(self) -> list[str]:
@@ -65,6 +68,35 @@ class BaseModelInterface(Protocol):
 
     def close(self) -> None:
         """Release the model's memory; the backend is unusable afterwards."""
+
+
+@runtime_checkable
+class AdapterBackend(Protocol):
+    """The extra surface of a backend that serves LoRA adapters (the ``hf`` backend does).
+
+    Adapter names are the store's names; the backend maps them to its own. Every method changes only
+    the named adapter: the base weights and the other adapters stay as they are, also on failure.
+    """
+
+    def lora_shapes(self) -> dict[str, tuple[int, int]]:
+        """``(in_features, out_features)`` of every layer an adapter may target, by module path."""
+
+    def inject_lora(self, name: str, config: Mapping[str, Any], weights_file: Path | None = None) -> int:
+        """Add adapter ``name`` from a PEFT config dict (fresh, or with safetensors weights); return its bytes."""
+
+    def remove_lora(self, name: str) -> None:
+        """Remove adapter ``name`` from the model."""
+
+    def compose_lora(self, name: str, weights: Mapping[str, float]) -> int:
+        """Add ``name`` as the weighted sum of loaded adapters' updates; return its bytes."""
+
+    def save_lora(self, name: str, folder: Path, base_model: str) -> Path:
+        """Write adapter ``name`` as a standard PEFT folder inside ``folder``; return the folder written."""
+
+    def train_lora(self, name: str, examples: Sequence[tuple[str, str]], options: Mapping[str, Any],
+                   progress: Any = None) -> dict[str, Any]:
+        """Train adapter ``name`` on (rendered prompt, response) pairs; ``options`` holds epochs,
+        learning_rate, batch_size, max_length and seed; ``progress(step, total, loss)`` is called per step."""
 
 
 @dataclass
