@@ -233,12 +233,13 @@ def plugins(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="Adaptrix plugins")
-    for column in ("plugin", "module", "families", "backends", "routers", "status"):
-        table.add_column(column)
+    for column in ("plugin", "provides", "status"):
+        table.add_column(column, overflow="fold")
     for entry in report:
+        provides = "; ".join(f"{kind[:-1] if kind != 'families' else 'family'}: {', '.join(entry[kind])}"
+                             for kind in ("families", "backends", "routers") if entry[kind])
         status_text = "loaded" if entry["loaded"] else f"[red]failed: {entry['error']}[/]"
-        table.add_row(entry["name"], entry["module"], ", ".join(entry["families"]), ", ".join(entry["backends"]),
-                      ", ".join(entry["routers"]), status_text)
+        table.add_row(entry["name"], provides, status_text)
     console = _console()
     console.print(table)
     for problem in registry.problems:

@@ -77,6 +77,34 @@ class AdapterSettings(_Section):
     cache_size: int = Field(3, ge=1, description="Adapters kept loaded at once (LRU eviction).")
 
 
+class RouterSettings(_Section):
+    """How ``adapter="auto"`` picks adapters for a prompt."""
+
+    name: str | None = Field(
+        None, description="Router used for adapter='auto': keyword, semantic, classifier, hybrid (or a plugin's)."
+    )
+    top_k: int = Field(2, ge=1, description="At most this many adapters are composed for one prompt.")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Score a candidate needs to be selected; None: the router's own (calibrated) one."
+    )
+    multi_ratio: float = Field(
+        0.8, gt=0, le=1, description="A second adapter joins only if its score is at least this share of the best."
+    )
+    keywords: dict[str, list[str]] = Field(
+        default_factory=dict, description="Extra routing keywords per adapter name (added to its metadata's)."
+    )
+    hybrid_weights: dict[str, float] = Field(
+        default_factory=lambda: {"keyword": 0.2, "semantic": 0.3, "classifier": 0.5},
+        description="Weight of each router's scores in the hybrid router.",
+    )
+    embedding_model: str | None = Field(
+        None, description="Sentence-transformers folder for embeddings; None: bundled all-MiniLM-L6-v2."
+    )
+    state_dir: str | None = Field(
+        None, description="Where fitted routers are saved; None: '.routing' inside the adapter store."
+    )
+
+
 class AdaptrixConfig(_Section):
     """Everything the engine and the CLI read. Build it with :func:`load_config`."""
 
@@ -85,6 +113,7 @@ class AdaptrixConfig(_Section):
         default_factory=GenerationSettings, description="Generation overrides."
     )
     adapters: AdapterSettings = Field(default_factory=AdapterSettings, description="Adapter store.")
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Adapter routing.")
     cache_dir: str = Field(
         "~/.cache/adaptrix",
         description="Where converted models (GGUF to safetensors) and other derived files are kept.",

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
+from adaptrix_core.engine_routing import RoutingMixin
 from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
     BackendNotFoundError,
@@ -35,13 +36,14 @@ from adaptrix_core.registry import Registry, collect
 from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
 
 
-class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
+class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin):
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
     (an ``AdaptrixConfig``, a nested dict, or a YAML path); left as None they keep the configured
-    values, whose defaults are the embedded model, ``"auto"``, ``"adapters"`` and ``"hf"``. Nothing
-    is loaded until ``initialize()`` or the first generation call.
+    values, whose defaults are the embedded model, ``"auto"``, ``"adapters"`` and ``"hf"``. ``router``
+    names the router used by ``adapter="auto"`` (keyword, semantic, classifier, hybrid). Nothing is
+    loaded until ``initialize()`` or the first generation call.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
         adapters_dir: str | None = None,
         backend: str | None = None,
         config: AdaptrixConfig | Mapping[str, Any] | str | None = None,
+        router: str | None = None,
     ) -> None:
         overrides = {"model": {"model_id": model_id, "device": device, "backend": backend},
                      "adapters": {"directory": adapters_dir}}
@@ -73,6 +76,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
         self._registry: Registry | None = None
         self._closed = False
         self._init_adapters()
+        self._init_routing(router)
 
     # -- lifecycle -------------------------------------------------------------------------
     def initialize(self) -> "ModularAdaptrixEngine":
@@ -222,7 +226,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
         started = time.perf_counter()
         backend = self._ready()
         params = self._sampling(gen)
-        choice = self._choose(gen.get("adapter", ACTIVE))
+        choice = self._choose(gen.get("adapter", ACTIVE), prompt=messages[-1]["content"])
         prompt, templated = self._render(messages, gen)
         completion = backend.generate([prompt], params, templated=templated, adapters=[choice.target])[0]
         text, stopped = trim_at_stop(completion.text, params.stop)
@@ -233,7 +237,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
                 params: SamplingParams, started: float, choice: AdapterChoice) -> QueryResult:
         return QueryResult(
             text=text, model_id=self.model_id, family=self._family.name, backend=self._backend.name,
-            adapters=list(choice.weights), adapter_weights=dict(choice.weights),
+            adapters=list(choice.weights), adapter_weights=dict(choice.weights), routing=choice.routing,
             latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, finish_reason=finish_reason,
             generation={"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
@@ -275,6 +279,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
             backend = self._ready()
             params = self._sampling(gen)
             specs = list(adapters) if adapters is not None else [gen.get("adapter", ACTIVE)] * len(prompts)
+            specs = [self._resolve_auto(spec, prompt)[0] for prompt, spec in zip(prompts, specs)]
             pinned: list[str] = []
             for spec in specs:
                 pinned.extend(self._parse_adapter(spec))
@@ -294,7 +299,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
         with self._lock:
             backend = self._ready()
             params = self._sampling(gen)
-            choice = self._choose(gen.get("adapter", ACTIVE))
+            choice = self._choose(gen.get("adapter", ACTIVE), prompt=prompt)
             use_context = self.use_context_by_default
             rendered, templated = self._render(self._conversation(prompt, use_context), gen)
             pieces = backend.stream(rendered, params, templated=templated, adapter=choice.target)

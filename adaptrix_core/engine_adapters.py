@@ -41,10 +41,12 @@ class LoadedAdapter:
 
 @dataclass(frozen=True)
 class AdapterChoice:
-    """What one request runs with: the model-level adapter name (None: base) and the user's view."""
+    """What one request runs with: the model-level adapter name (None: base), the user's view, and
+    the router's decision when ``adapter="auto"`` chose it."""
 
     target: str | None
     weights: dict[str, float]
+    routing: dict[str, Any] | None = None
 
 
 def composition_name(weights: Mapping[str, float]) -> str:
@@ -218,10 +220,6 @@ class AdapterServingMixin:
         if spec is None:
             return {}
         if isinstance(spec, str):
-            if spec == "auto":
-                raise InvalidGenerationParameterError(
-                    "adapter='auto' needs a router; create the engine with router='keyword', 'semantic' or 'classifier'."
-                )
             return {check_adapter_name(spec): 1.0}
         if isinstance(spec, (list, tuple)):
             return {check_adapter_name(name): 1.0 for name in spec}
@@ -236,15 +234,30 @@ class AdapterServingMixin:
             f"adapter must be a name, a list of names, a {{name: weight}} dict or None, got {type(spec).__name__}."
         )
 
-    def _choose(self, spec: Any, pinned: Sequence[str] = ()) -> AdapterChoice:
+    def _resolve_auto(self, spec: Any, prompt: str | None) -> tuple[Any, dict[str, Any] | None]:
+        """Replace ``"auto"`` by the router's selection for ``prompt``; return (spec, decision dict)."""
+        if not (isinstance(spec, str) and spec == "auto"):
+            return spec, None
+        from adaptrix_core.routing import decision_dict
+
+        if not self.config.router.name:
+            raise InvalidGenerationParameterError(
+                "adapter='auto' needs a router: create the engine with router='keyword', 'semantic', "
+                "'classifier' or 'hybrid' (or set router.name in the config)."
+            )
+        decision = self.route(prompt or "")
+        return dict(decision.selected), decision_dict(decision)
+
+    def _choose(self, spec: Any, pinned: Sequence[str] = (), prompt: str | None = None) -> AdapterChoice:
+        spec, routing = self._resolve_auto(spec, prompt)
         weights = self._parse_adapter(spec)
         if not weights:
-            return AdapterChoice(None, {})
+            return AdapterChoice(None, {}, routing)
         keep = tuple(pinned) + tuple(weights)
         for name in weights:
             self._ensure_loaded(name, pinned=keep)
         if len(weights) == 1 and next(iter(weights.values())) == 1.0:
-            return AdapterChoice(next(iter(weights)), weights)
+            return AdapterChoice(next(iter(weights)), weights, routing)
         mix = composition_name(weights)
         if mix in self._loaded:
             self._loaded.move_to_end(mix)
@@ -252,7 +265,7 @@ class AdapterServingMixin:
             size = self._backend.compose_lora(mix, weights)
             self._loaded[mix] = LoadedAdapter(mix, "composed", size, parts=dict(weights))
             self._evict(keep=keep + (mix,))
-        return AdapterChoice(mix, weights)
+        return AdapterChoice(mix, weights, routing)
 
     # -- making adapters ----------------------------------------------------------------------------
     def create_adapter(self, name: str, layers: Any = "middle", target_modules: Sequence[str] | None = None,

@@ -23,4 +23,4 @@ def register_backends(register):
 
 @hookspec
 def register_routers(register):
-    """Register adapter routers: call ``register(name, factory)``; ``factory(**options)`` returns a ``Router``."""
+    """Register adapter routers: call ``register(name, factory)``; ``factory(settings, resources)`` returns a ``Router``."""

@@ -1,0 +1,129 @@
+"""Shared pieces of adapter routing: candidate cards, selection from scores, resources for routers.
+
+A router scores every candidate adapter in [0, 1]; :func:`select` turns scores into a decision the
+same way for every router: candidates at or above their threshold, best first, at most ``top_k``,
+a runner-up only when it scores at least ``multi_ratio`` of the best; weights are the scores
+normalised to sum to 1. No candidate above threshold means the base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from adaptrix_core.config import RouterSettings
+from adaptrix_core.protocols import RoutingDecision
+
+BASE_LABEL = "base"
+
+
+@dataclass(frozen=True)
+class AdapterCard:
+    """What a router knows about one candidate adapter."""
+
+    name: str
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    example_prompts: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever anything a router reads changes (used to refresh caches)."""
+        payload = json.dumps([self.name, self.description, self.keywords, self.example_prompts])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_metadata(cls, meta: Any, extra_keywords: Sequence[str] = ()) -> "AdapterCard":
+        return cls(meta.name, meta.description, tuple(dict.fromkeys([*meta.routing.keywords, *extra_keywords])),
+                   tuple(meta.routing.example_prompts))
+
+
+def candidates_fingerprint(candidates: Sequence[AdapterCard]) -> str:
+    return hashlib.sha256("|".join(sorted(c.fingerprint for c in candidates)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RouterResources:
+    """What the engine lends routers: the shared embedder (loaded on first use) and a state folder."""
+
+    embedder_loader: Callable[[], Any]
+    state_dir: Path
+    make_router: Callable[[str], Any] | None = None
+    _embedder: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def embedder(self) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self.embedder_loader()
+            return self._embedder
+
+
+def select(router: str, scores: Mapping[str, float], thresholds: Mapping[str, float], settings: RouterSettings,
+           details: dict[str, Any] | None = None) -> RoutingDecision:
+    """Turn candidate scores into a decision (see the module docstring)."""
+    details = {**(details or {}), "thresholds": {name: round(float(thresholds.get(name, 1.0)), 4) for name in scores}}
+    ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    passing = [(name, score) for name, score in ranked if score >= thresholds.get(name, 1.0) and score > 0]
+    if not passing:
+        best = ranked[0] if ranked else (None, 0.0)
+        reason = f"no adapter reached its threshold (best: {best[0]} at {best[1]:.2f})" if best[0] else "no adapters"
+        confidence = 1.0 - (best[1] / max(thresholds.get(best[0], 1.0), 1e-9)) if best[0] else 1.0
+        return RoutingDecision({}, dict(scores), max(0.0, min(1.0, confidence)), router, reason, details)
+    top_score = passing[0][1]
+    chosen = [passing[0]] + [(n, s) for n, s in passing[1 : settings.top_k] if s >= settings.multi_ratio * top_score]
+    total = sum(score for _, score in chosen)
+    weights = {name: round(score / total, 4) for name, score in chosen}
+    reason = ", ".join(f"{name} {score:.2f} >= {thresholds.get(name, 0):.2f}" for name, score in chosen)
+    return RoutingDecision(weights, dict(scores), float(min(1.0, top_score)), router, reason, details)
+
+
+def decision_dict(decision: RoutingDecision) -> dict[str, Any]:
+    """A JSON-ready view of a decision for ``QueryResult.routing``."""
+    return {"router": decision.router, "selected": dict(decision.selected), "confidence": round(decision.confidence, 4),
+            "scores": {k: round(v, 4) for k, v in decision.scores.items()}, "reason": decision.reason}
+
+
+def default_thresholds(candidates: Sequence[AdapterCard], value: float, settings: RouterSettings) -> dict[str, float]:
+    """Every candidate at ``settings.threshold`` when set, else at ``value``."""
+    threshold = settings.threshold if settings.threshold is not None else value
+    return {card.name: threshold for card in candidates}
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A router's saved JSON state, or None when missing or unreadable (then the router refits)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_state(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON state atomically."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2)
+    os.replace(temporary, path)
+
+
+def labelled_examples(candidates: Sequence[AdapterCard], off_topic: Sequence[str]) -> list[tuple[str, str]]:
+    """Default fitting data: each adapter's example prompts under its name, off-topic prompts as ``base``."""
+    rows = [(prompt, card.name) for card in candidates for prompt in card.example_prompts]
+    rows += [(prompt, BASE_LABEL) for prompt in off_topic]
+    return rows
+
+
+def off_topic_prompts() -> list[str]:
+    """Prompts no adapter serves (general chat, knowledge, code...), shipped with Adaptrix."""
+    path = Path(__file__).with_name("data") / "off_topic_prompts.txt"
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
