@@ -59,11 +59,11 @@ class EngineOptions:
             "adapters": {"directory": self.adapters_dir},
         })
 
-    def engine(self):
+    def engine(self, router: str | None = None):
         from adaptrix_core.engine import ModularAdaptrixEngine
 
         _quiet_libraries()
-        return ModularAdaptrixEngine(config=self.config())
+        return ModularAdaptrixEngine(config=self.config(), router=router)
 
 
 def model_options(command: Callable) -> Callable:
@@ -126,6 +126,7 @@ def parse_adapter_option(value: str | None) -> Any:
 @click.argument("prompt")
 @model_options
 @click.option("--adapter", "-a", help="Adapter name, 'a,b', 'a=0.7,b=0.3', 'none', or 'auto' (routing).")
+@click.option("--router", "router_name", help="Router for --adapter auto: keyword, semantic, classifier, hybrid.")
 @click.option("--max-new-tokens", type=int, help="Upper bound on generated tokens.")
 @click.option("--temperature", type=float, help="0 for greedy decoding.")
 @click.option("--top-p", type=float, help="Nucleus sampling mass in (0, 1].")
@@ -135,7 +136,7 @@ def parse_adapter_option(value: str | None) -> Any:
 @click.option("--stream/--no-stream", default=False, help="Print the answer as it is generated.")
 @json_option
 @handle_errors
-def query(prompt: str, opts: EngineOptions, adapter, max_new_tokens, temperature, top_p, seed, stop, task_type,
+def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens, temperature, top_p, seed, stop, task_type,
           stream, as_json) -> None:
     """Answer PROMPT with the model (and the active adapters, or --adapter)."""
     from adaptrix_core.cli_state import active_adapters_for
@@ -148,7 +149,9 @@ def query(prompt: str, opts: EngineOptions, adapter, max_new_tokens, temperature
     if chosen is None:
         chosen = active_adapters_for(config) or None
     gen["adapter"] = chosen if chosen != {} else None
-    with opts.engine() as engine:
+    if router_name and chosen is None:
+        gen["adapter"] = "auto"
+    with opts.engine(router=router_name) as engine:
         if stream and not as_json:
             for piece in engine.stream(prompt, **gen):
                 click.echo(piece, nl=False)
@@ -160,6 +163,11 @@ def query(prompt: str, opts: EngineOptions, adapter, max_new_tokens, temperature
         return
     console = _console()
     console.print(result.text)
+    if result.routing:
+        routing = result.routing
+        scores = ", ".join(f"{name} {score:.2f}" for name, score in sorted(routing["scores"].items(), key=lambda i: -i[1]))
+        chosen_text = ", ".join(f"{n} ({w:.2f})" for n, w in routing["selected"].items()) or "base model"
+        console.print(f"[cyan]routing ({routing['router']}):[/] {chosen_text} · confidence {routing['confidence']:.2f} · scores: {scores}")
     console.print(
         f"[dim]{result.family} · {result.model_id} · {result.completion_tokens} tokens · "
         f"{result.latency_ms:.0f} ms · adapters: {', '.join(result.adapters) or 'none'}[/]"
@@ -250,7 +258,7 @@ def main() -> None:
     cli(prog_name="adaptrix")
 
 
-from adaptrix_core import cli_adapters  # noqa: E402,F401  (registers the adapter commands on ``cli``)
+from adaptrix_core import cli_adapters, cli_router  # noqa: E402,F401  (register their commands on ``cli``)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ class Embedder:
 
         self.path = path
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self.dimension = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(dimension())
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str], batch_size: int = 64):

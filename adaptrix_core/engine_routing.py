@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adaptrix_core.errors import AdapterError, ConfigError, TrainingDataError
+from adaptrix_core.errors import ConfigError, TrainingDataError
 from adaptrix_core.protocols import Router, RoutingDecision
 from adaptrix_core.routing import BASE_LABEL, AdapterCard, RouterResources, labelled_examples, off_topic_prompts
 
@@ -72,10 +72,11 @@ class RoutingMixin:
 
     def route(self, prompt: str, router: str | None = None) -> RoutingDecision:
         """Which adapter(s) ``router`` picks for ``prompt``, with every candidate's score."""
+        instance = self.get_router(router)
         candidates = self.routing_candidates()
         if not candidates:
-            raise AdapterError(f"adapter='auto' found no valid adapters in {str(self.adapter_manager.directory)!r}.")
-        return self.get_router(router).route(prompt, candidates)
+            return RoutingDecision({}, {}, 1.0, instance.name, f"no valid adapters in {str(self.adapter_manager.directory)!r}")
+        return instance.route(prompt, candidates)
 
     def fit_router(self, router: str | None = None, data: Any = None) -> dict[str, Any]:
         """Train the classifier / calibrate semantic thresholds on labelled prompts.

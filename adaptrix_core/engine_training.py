@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from typing import Any, Callable, Iterable, Sequence
 
 from adaptrix_core.adapter_meta import AdapterMetadata, RoutingHints, check_adapter_name
@@ -88,7 +89,7 @@ class TrainingMixin:
                     metrics.update({"metric": adapted["metric"], "eval_examples": adapted["examples"],
                                     adapted["metric"]: adapted["score"], f"base_{adapted['metric']}": base["score"]})
                 hints = RoutingHints(keywords=list(keywords or []),
-                                     example_prompts=list(example_prompts or [e.prompt for e in train[:5]]))
+                                     example_prompts=list(example_prompts or routing_examples(train, seed)))
                 training = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed,
                             "steps": figures["steps"], "layers": layers if isinstance(layers, str) else "custom",
                             "data": str(data) if isinstance(data, (str, os.PathLike)) else "in-memory"}
@@ -98,6 +99,16 @@ class TrainingMixin:
                 if name in self._loaded and self._loaded[name].kind == "memory":
                     self._drop(name)
                 raise
+
+
+ROUTING_EXAMPLES = 50
+
+
+def routing_examples(examples: Sequence[Example], seed: int = 0, count: int = ROUTING_EXAMPLES) -> list[str]:
+    """A seeded sample of distinct training prompts, stored as the adapter's routing examples."""
+    prompts = list(dict.fromkeys(example.prompt for example in examples))
+    random.Random(seed).shuffle(prompts)
+    return prompts[:count]
 
 
 def _are_examples(data: Any) -> bool:

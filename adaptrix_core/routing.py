@@ -117,8 +117,9 @@ def write_state(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def labelled_examples(candidates: Sequence[AdapterCard], off_topic: Sequence[str]) -> list[tuple[str, str]]:
-    """Default fitting data: each adapter's example prompts under its name, off-topic prompts as ``base``."""
-    rows = [(prompt, card.name) for card in candidates for prompt in card.example_prompts]
+    """Default fitting data: each adapter's description and example prompts under its name, off-topic
+    prompts as ``base``."""
+    rows = [(text, card.name) for card in candidates for text in (card.description, *card.example_prompts) if text.strip()]
     rows += [(prompt, BASE_LABEL) for prompt in off_topic]
     return rows
 

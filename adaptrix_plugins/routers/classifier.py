@@ -106,7 +106,7 @@ class ClassifierRouter:
         self.resources.state_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(self.weights_file))
         write_state(self.state_file, {"labels": labels, "dimension": int(vectors.shape[1]), "candidates": fingerprint,
-                                      "examples": len(rows), "train_accuracy": accuracy, "final_loss": float(loss)})
+                                      "examples": len(rows), "train_accuracy": accuracy, "final_loss": float(loss.detach())})
         self._model, self._labels, self._fingerprint = model, labels, fingerprint
         return {"router": self.name, "labels": labels, "examples": len(rows), "train_accuracy": accuracy}
 
