@@ -14,7 +14,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -262,7 +262,3 @@ class AdapterManager:
             shutil.rmtree(destination)
         shutil.copytree(self._folder(name), destination)
         return destination
-
-    def find(self, names: Iterable[str]) -> list[AdapterMetadata]:
-        """Metadata of several adapters (raising for the first that cannot be read)."""
-        return [self.metadata(name) for name in names]

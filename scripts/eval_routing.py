@@ -1,0 +1,87 @@
+"""Evaluate routing: router accuracy on the held-out routing set, and end-to-end answers with adapter="auto".
+
+    python scripts/eval_routing.py [--routers keyword semantic classifier] [--per-task 100] [--out docs/routing_results.json]
+
+1. Each router on ``data/routing/test.jsonl`` (prompts phrased unlike the training data plus
+   off-topic prompts): accuracy, macro-F1, confusion matrix, latency p50/p95.
+2. End to end on a mixed set of the demo tasks' held-out examples (``data/demo/*/test.jsonl``):
+   exact match (JSON match for extraction) of the base model, of the oracle (the right adapter named
+   by hand) and of ``adapter="auto"`` with each router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("arithmetic", "extraction", "dates")
+
+
+def load_mixed(per_task: int) -> list[tuple[str, dict]]:
+    rows = []
+    for task in TASKS:
+        lines = (ROOT / "data" / "demo" / task / "test.jsonl").read_text().splitlines()[:per_task]
+        rows += [(task, json.loads(line)) for line in lines]
+    return rows
+
+
+def answer(engine, rows, adapters, batch_size: int = 16) -> list[str]:
+    predictions = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        predictions += engine.generate_batch([row["prompt"] for _, row in chunk], adapters=adapters[start : start + batch_size],
+                                             temperature=0, max_new_tokens=48)
+    return predictions
+
+
+def score(rows, predictions) -> dict:
+    from adaptrix_core.metrics import metric_for
+
+    per_task = {}
+    for task in TASKS:
+        pairs = [(p, row["response"]) for (t, row), p in zip(rows, predictions) if t == task]
+        _, metric = metric_for("auto", [reference for _, reference in pairs])
+        per_task[task] = sum(metric(p, r) for p, r in pairs) / len(pairs)
+    overall = sum(per_task[t] * sum(1 for r in rows if r[0] == t) for t in TASKS) / len(rows)
+    return {"overall": overall, **per_task}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--routers", nargs="+", default=["keyword", "semantic", "classifier"])
+    parser.add_argument("--per-task", type=int, default=100)
+    parser.add_argument("--adapters-dir", default=str(ROOT / "adapters"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "routing_results.json"))
+    args = parser.parse_args()
+
+    from adaptrix_core import ModularAdaptrixEngine
+
+    results: dict = {"routing_set": {}, "end_to_end": {}}
+    with ModularAdaptrixEngine(adapters_dir=args.adapters_dir, router=args.routers[0]) as engine:
+        for name in args.routers:
+            result = engine.evaluate_router(ROOT / "data" / "routing" / "test.jsonl", name)
+            results["routing_set"][name] = result
+            print(f"{name}: accuracy {result['accuracy']:.1%}, macro-F1 {result['macro_f1']:.3f}, "
+                  f"p50 {result['latency_ms']['p50']:.2f} ms, p95 {result['latency_ms']['p95']:.2f} ms", flush=True)
+        rows = load_mixed(args.per_task)
+        engine.preload(list(TASKS))
+        conditions = {"base": [None] * len(rows), "oracle": [task for task, _ in rows]}
+        for name in args.routers:
+            conditions[f"auto ({name})"] = [dict(engine.route(row["prompt"], name).selected) or None for _, row in rows]
+        for condition, adapters in conditions.items():
+            started = time.perf_counter()
+            predictions = answer(engine, rows, adapters)
+            results["end_to_end"][condition] = {**score(rows, predictions), "seconds": round(time.perf_counter() - started, 1)}
+            print(f"{condition}: {json.dumps(results['end_to_end'][condition])}", flush=True)
+    results["end_to_end_examples"] = len(rows)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
