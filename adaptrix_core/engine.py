@@ -222,11 +222,11 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin):
         return [dict(m) for m in self._history]
 
     # -- generation ------------------------------------------------------------------------------
-    def _complete(self, messages: list[dict[str, str]], gen: Mapping[str, Any]) -> QueryResult:
+    def _complete(self, messages: list[dict[str, str]], gen: Mapping[str, Any], route_on: str | None = None) -> QueryResult:
         started = time.perf_counter()
         backend = self._ready()
         params = self._sampling(gen)
-        choice = self._choose(gen.get("adapter", ACTIVE), prompt=messages[-1]["content"])
+        choice = self._choose(gen.get("adapter", ACTIVE), prompt=route_on or messages[-1]["content"])
         prompt, templated = self._render(messages, gen)
         completion = backend.generate([prompt], params, templated=templated, adapters=[choice.target])[0]
         text, stopped = trim_at_stop(completion.text, params.stop)
@@ -244,11 +244,24 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin):
                         "top_p": params.top_p, "seed": params.seed, "stop": list(params.stop)},
         )
 
-    def query(self, prompt: str, **gen: Any) -> QueryResult:
-        """Answer ``prompt`` and say how: text, tokens, latency, family, adapters, routing."""
+    def query(self, prompt: str, use_rag: bool = False, top_k: int | None = None, min_score: float | None = None,
+              **gen: Any) -> QueryResult:
+        """Answer ``prompt`` and say how: text, tokens, latency, family, adapters, routing, sources.
+
+        With ``use_rag=True`` the ``top_k`` best passages of the document index (scoring at least
+        ``min_score``) are put into the prompt as numbered context, and ``QueryResult.sources``
+        lists them. Routing (``adapter="auto"``) looks at the question itself.
+        """
         with self._lock:
             use_context = self.use_context_by_default
-            result = self._complete(self._conversation(prompt, use_context), gen)
+            conversation = self._conversation(prompt, use_context)
+            sources: list[dict[str, Any]] = []
+            if use_rag:
+                self._sampling(gen)  # reject bad arguments before retrieving
+                rag_messages, sources = self._rag_messages(prompt, top_k, min_score)
+                conversation = [*conversation[:-1], *rag_messages]
+            result = self._complete(conversation, gen, route_on=prompt)
+            result.sources = sources
             if use_context:
                 self._remember(prompt, result.text)
             return result
