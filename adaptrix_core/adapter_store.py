@@ -216,6 +216,9 @@ class AdapterManager:
                     shutil.copy2(source / extra, staging / extra)
             final = metadata.model_copy(update={"weights_sha256": sha256_of(staging / WEIGHTS_FILE)})
             (staging / METADATA_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            for file in staging.iterdir():  # temporary files start private; a store is shared like any folder
+                file.chmod(0o644)
+            staging.chmod(0o755)
             self._swap_in(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -233,12 +236,12 @@ class AdapterManager:
 
     def update_metadata(self, name: str, **changes: Any) -> AdapterMetadata:
         """Change metadata fields (description, routing, metrics, ...); the weights stay as they are."""
-        meta = self.metadata(name).model_copy(update=changes)
-        meta = AdapterMetadata.model_validate(meta.model_dump())
+        meta = AdapterMetadata.model_validate({**self.metadata(name).model_dump(), **changes})
         folder = self._folder(name)
         handle, temporary = tempfile.mkstemp(prefix=".adaptrix-", suffix=".json", dir=folder)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(meta.model_dump_json(indent=2) + "\n")
+        os.chmod(temporary, 0o644)
         os.replace(temporary, folder / METADATA_FILE)
         return meta
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adaptrix_core.errors import ConfigError
 
@@ -105,6 +105,36 @@ class RouterSettings(_Section):
     )
 
 
+class RagSettings(_Section):
+    """Retrieval-augmented generation: where the document index lives, how documents are cut and searched."""
+
+    data_dir: str = Field(
+        "rag_index",
+        description="Folder of the document index (chunks.sqlite + vectors.<generation>.faiss); relative "
+        "paths are taken from the working directory, like the adapter store, so each project keeps its own.",
+    )
+    chunk_size: int = Field(256, ge=16, description="Tokens per chunk, counted with the embedding model's tokenizer.")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks (less than chunk_size).")
+    index_type: Literal["flat", "ivf", "hnsw"] = Field(
+        "flat",
+        description="FAISS index: 'flat' (exact, best below ~100k chunks), 'ivf' (clustered; exact until "
+        "10k chunks, then trained), 'hnsw' (graph; fastest queries, removals rebuild it).",
+    )
+    top_k: int = Field(4, ge=1, description="Passages retrieved per question.")
+    min_score: float = Field(
+        0.2, ge=-1, le=1, description="Cosine similarity a passage needs to be used; lower-scoring ones are dropped."
+    )
+    batch_size: int = Field(32, ge=1, description="Chunks embedded per batch while ingesting.")
+    nprobe: int = Field(16, ge=1, description="IVF only: clusters searched per query (more: better recall, slower).")
+    ef_search: int = Field(64, ge=1, description="HNSW only: candidate list size per query (more: better recall, slower).")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "RagSettings":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+
 class AdaptrixConfig(_Section):
     """Everything the engine and the CLI read. Build it with :func:`load_config`."""
 
@@ -114,6 +144,7 @@ class AdaptrixConfig(_Section):
     )
     adapters: AdapterSettings = Field(default_factory=AdapterSettings, description="Adapter store.")
     router: RouterSettings = Field(default_factory=RouterSettings, description="Adapter routing.")
+    rag: RagSettings = Field(default_factory=RagSettings, description="Document index and retrieval (RAG).")
     cache_dir: str = Field(
         "~/.cache/adaptrix",
         description="Where converted models (GGUF to safetensors) and other derived files are kept.",

@@ -308,8 +308,7 @@ class AdapterServingMixin:
             entry = self._loaded.get(name)
             if entry is None or entry.kind == "composed":
                 raise AdapterNotFoundError(f"Adapter {name!r} is not loaded, so there is nothing to save.")
-            meta = entry.metadata.model_copy(update=metadata)
-            meta = AdapterMetadata.model_validate(meta.model_dump())
+            meta = AdapterMetadata.model_validate({**entry.metadata.model_dump(), **metadata})
             with tempfile.TemporaryDirectory(prefix="adaptrix-save-") as scratch:
                 written = self._backend.save_lora(name, Path(scratch), self._source.canonical_id)
                 saved = self.adapter_manager.save(written, meta, overwrite=overwrite)

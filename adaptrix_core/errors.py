@@ -96,3 +96,15 @@ class AdapterExistsError(AdapterError):
 
 class TrainingDataError(AdaptrixError, ValueError):
     """Training data is missing, malformed or too small."""
+
+
+class DocumentError(AdaptrixError, ValueError):
+    """A document could not be read: missing, unreadable, an unsupported format, or holding no text."""
+
+
+class DocumentNotFoundError(DocumentError, LookupError):
+    """No document of that id (or source path) is in the retrieval index."""
+
+
+class IndexCorruptError(AdaptrixError, RuntimeError):
+    """The retrieval index on disk is damaged or its files disagree; they are reported, never modified."""

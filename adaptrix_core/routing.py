@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,10 +117,29 @@ def write_state(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.?!:])\s+")
+
+
+def prompt_views(text: str, min_words: int = 3) -> list[str]:
+    """The prompt and each of its sentences (or colon-separated parts) of at least ``min_words`` words.
+
+    Example prompts of one adapter often share an instruction ("Convert this date to ISO format:")
+    followed by the content ("March 5, 2021"); seeing the parts on their own lets routers recognise
+    the task when a user phrases the instruction differently.
+    """
+    parts = [part.strip() for part in _SENTENCE_END.split(text) if len(part.split()) >= min_words]
+    return list(dict.fromkeys([text.strip(), *parts]))
+
+
+def card_texts(card: AdapterCard) -> list[str]:
+    """Everything a router learns an adapter from: its description and the views of its examples."""
+    texts = [card.description] + [view for prompt in card.example_prompts for view in prompt_views(prompt)]
+    return list(dict.fromkeys(text for text in texts if text.strip())) or [card.name]
+
+
 def labelled_examples(candidates: Sequence[AdapterCard], off_topic: Sequence[str]) -> list[tuple[str, str]]:
-    """Default fitting data: each adapter's description and example prompts under its name, off-topic
-    prompts as ``base``."""
-    rows = [(text, card.name) for card in candidates for text in (card.description, *card.example_prompts) if text.strip()]
+    """Default fitting data: each adapter's ``card_texts`` under its name, off-topic prompts as ``base``."""
+    rows = [(text, card.name) for card in candidates for text in card_texts(card)]
     rows += [(prompt, BASE_LABEL) for prompt in off_topic]
     return rows
 

@@ -61,6 +61,17 @@ EXTRA_PROMPTS = (
     "Give three tips for keeping a small vegetable garden healthy.",
     "Explain in two sentences why the sky looks blue.",
 )
+# Open prompts with long answers for the diagnostic "long" batch workload (no row stops early).
+LONG_PROMPTS = (
+    "Write a detailed essay about the history of the printing press.",
+    "Describe in detail how a steam engine works, step by step.",
+    "Write a long story about a lighthouse keeper during a winter storm.",
+    "Explain in detail how vaccines train the immune system.",
+    "Write a detailed essay about the causes of the French Revolution.",
+    "Describe in detail the water cycle and its effect on the weather.",
+    "Write a long story about two friends who build a boat together.",
+    "Explain in detail how a computer processor executes a program.",
+)
 MEASUREMENTS = ("switch", "decode", "batch")
 
 
@@ -115,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-check-runs", type=int, default=2,
                         help="batch measurement: afterwards, this many extra rounds of both sides with cache_size=3 "
                         "(the configured default, fewer than the 4 adapters) counting reloads from disk (0: skip)")
+    parser.add_argument("--no-long-workload", action="store_true",
+                        help="batch measurement: leave out the diagnostic workload of 8 open prompts with long answers")
     parser.add_argument("--batch-target", type=float, default=3.0, help="minimum accepted speedup of generate_batch over one by one")
     # noise, output
     parser.add_argument("--contention-threshold", type=float, default=0.15, metavar="CORES",
@@ -124,8 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
     parser.add_argument("--fail-on-target", action="store_true", help="exit with status 1 when a target is missed")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after the benchmark, cProfile one unmerged decode call, one batch call and one "
-                        "one-by-one pass and print the top N functions by cumulative time (0: off)")
+                        help="after the benchmark, profile one unmerged and one base decode call, one batch call and "
+                        "one one-by-one pass (torch.profiler: top N operators by self CPU time; cProfile: top N "
+                        "functions by cumulative and own time) (0: off)")
     args = parser.parse_args(argv)
     for name in ("switch_rounds", "switch_inner", "switch_generate_pairs", "decode_runs", "max_new_tokens",
                  "batch_runs", "batch_max_new_tokens", "cache_size"):
@@ -642,34 +656,88 @@ def cache_check(args: argparse.Namespace, engine: Any, names: list[str], fns: di
         engine.preload(names)
 
 
+class ForwardTimer:
+    """Times every forward pass of the transformers model (hooks on ``engine.backend.model``) during a
+    call: the first pass of a generate call is the prefill, the others are one decode step each."""
+
+    def __init__(self, engine: Any):
+        self.model = engine.backend.model
+        self.passes: list[tuple[int, int, float]] = []  # (batch rows, input length, seconds)
+        self._handles: list[Any] = []
+        self._started = 0.0
+
+    def __enter__(self) -> "ForwardTimer":
+        def pre(module: Any, args: Any, kwargs: Any) -> None:
+            self._started = _now()
+
+        def post(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            rows, length = (tuple(ids.shape) if ids is not None else (0, 0))
+            self.passes.append((int(rows), int(length), _now() - self._started))
+
+        self._handles = [self.model.register_forward_pre_hook(pre, with_kwargs=True),
+                         self.model.register_forward_hook(post, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def breakdown(self, seconds: float) -> dict[str, Any]:
+        prefill = [p for p in self.passes if p[1] > 1]
+        decode = [p for p in self.passes if p[1] == 1]
+        return {
+            "forward_passes": len(self.passes),
+            "prefill_passes": len(prefill),
+            "prefill_rows_x_tokens": [f"{r}x{n}" for r, n, _ in prefill],
+            "prefill_ms_total": _ms(sum(p[2] for p in prefill)),
+            "decode_steps": len(decode),
+            "decode_rows": sorted({r for r, _, _ in decode}),
+            "decode_step_ms_median": _ms(_median([p[2] for p in decode])) if decode else None,
+            "decode_ms_total": _ms(sum(p[2] for p in decode)),
+            "outside_forward_ms": _ms(seconds - sum(p[2] for p in self.passes)),
+            "seconds": seconds,
+        }
+
+
+def _run_batch_side(engine: Any, counter: TokenCounter, prompts: list[str], adapters: list[Any], n: int,
+                    batched: bool) -> dict[str, Any]:
+    counter.reset()
+    started = _now()
+    if batched:
+        texts = engine.generate_batch(prompts, adapters=adapters, temperature=0, max_new_tokens=n)
+    else:
+        texts = [engine.generate(p, adapter=a, temperature=0, max_new_tokens=n) for p, a in zip(prompts, adapters)]
+    seconds = _now() - started
+    return {"seconds": seconds, "texts": texts, "new_tokens": counter.new_tokens,
+            "per_prompt_tokens": [c.completion_tokens for c in counter.completions],
+            "generate_s": sum(counter.generate_s), "calls": len(counter.generate_s)}
+
+
+BATCH_SIDE_LABELS = {
+    "batch": "generate_batch(8 task prompts, adapters=[4 adapters x 2])",
+    "one_by_one": "8 x generate(task prompt, adapter=...)",
+    "batch_long": "long answers: generate_batch(8 open prompts, 4 adapters x 2)",
+    "one_by_one_long": "long answers: 8 x generate(open prompt, adapter=...)",
+}
+
+
 def measure_batch(args: argparse.Namespace, engine: Any, names: list[str], counter: TokenCounter) -> dict[str, Any]:
     prompts, adapters = batch_workload(names, args.fourth_adapter == "copy", args.synthetic)
+    workloads = {"tasks": (prompts, adapters)}
+    if not args.no_long_workload:
+        workloads["long"] = (list(LONG_PROMPTS), [names[i % 4] for i in range(8)])
     engine.preload(names)
     if len(engine.loaded_adapters()) < len(names):
         print(f"note: cache_size {engine.config.adapters.cache_size} < {len(names)} adapters: adapters will be "
               "evicted and reloaded from disk during this measurement", file=sys.stderr)
     counter.wrap_peft()
     n = args.batch_max_new_tokens
-
-    def batch() -> dict[str, Any]:
-        counter.reset()
-        started = _now()
-        texts = engine.generate_batch(prompts, adapters=adapters, temperature=0, max_new_tokens=n)
-        seconds = _now() - started
-        return {"seconds": seconds, "texts": texts, "new_tokens": counter.new_tokens,
-                "per_prompt_tokens": [c.completion_tokens for c in counter.completions],
-                "generate_s": sum(counter.generate_s), "calls": len(counter.generate_s)}
-
-    def one_by_one() -> dict[str, Any]:
-        counter.reset()
-        started = _now()
-        texts = [engine.generate(p, adapter=a, temperature=0, max_new_tokens=n) for p, a in zip(prompts, adapters)]
-        seconds = _now() - started
-        return {"seconds": seconds, "texts": texts, "new_tokens": counter.new_tokens,
-                "per_prompt_tokens": [c.completion_tokens for c in counter.completions],
-                "generate_s": sum(counter.generate_s), "calls": len(counter.generate_s)}
-
-    fns = {"batch": batch, "one_by_one": one_by_one}
+    fns: dict[str, Callable[[], dict[str, Any]]] = {}
+    for workload, (ps, ads) in workloads.items():
+        suffix = "" if workload == "tasks" else "_long"
+        fns["batch" + suffix] = lambda ps=ps, ads=ads: _run_batch_side(engine, counter, ps, ads, n, True)
+        fns["one_by_one" + suffix] = lambda ps=ps, ads=ads: _run_batch_side(engine, counter, ps, ads, n, False)
     warmup = {side: fn() for side, fn in fns.items()}
     # Cross-check the wrapper's token counts against the public API (engine.query, untimed).
     query_tokens = [engine.query(p, adapter=a, temperature=0, max_new_tokens=n).completion_tokens
@@ -690,44 +758,78 @@ def measure_batch(args: argparse.Namespace, engine: Any, names: list[str], count
     for side in fns:
         side_runs = [r for r in kept if r["side"] == side]
         figures[side] = {
+            "label": BATCH_SIDE_LABELS[side],
             "runs": len(side_runs),
             "median_seconds": _median([r["seconds"] for r in side_runs]),
             "median_tokens_per_s": _median([r["tokens_per_s"] for r in side_runs]),
             "new_tokens": side_runs[0]["new_tokens"],
+            "per_prompt_tokens": warmup[side]["per_prompt_tokens"],
             "median_ms_outside_model_generate": _median([_ms(r["seconds"] - r["generate_s"]) for r in side_runs]),
             "model_generate_calls": side_runs[0]["calls"],
         }
     by_round = {side: {r["iteration"]: r for r in kept if r["side"] == side} for side in fns}
-    paired = [by_round["one_by_one"][i]["seconds"] / by_round["batch"][i]["seconds"]
-              for i in by_round["batch"] if i in by_round["one_by_one"]]
-    speedup = figures["one_by_one"]["median_seconds"] / figures["batch"]["median_seconds"]
-    batch_texts, single_texts = warmup["batch"]["texts"], warmup["one_by_one"]["texts"]
-    mismatches = [
-        {"index": i, "adapter": adapters[i], "prompt": prompts[i], "batch": bt, "one_by_one": st}
-        for i, (bt, st) in enumerate(zip(batch_texts, single_texts)) if bt != st
-    ]
     stable = all(r["texts"] == warmup[r["side"]]["texts"] for r in runs)
+
+    per_workload: dict[str, Any] = {}
+    for workload, (ps, ads) in workloads.items():
+        suffix = "" if workload == "tasks" else "_long"
+        b, o = "batch" + suffix, "one_by_one" + suffix
+        paired = [by_round[o][i]["seconds"] / by_round[b][i]["seconds"] for i in by_round[b] if i in by_round[o]]
+        tokens = warmup[o]["per_prompt_tokens"]
+        mismatches = [
+            {"index": i, "adapter": ads[i], "prompt": ps[i], "batch": bt, "one_by_one": st}
+            for i, (bt, st) in enumerate(zip(warmup[b]["texts"], warmup[o]["texts"])) if bt != st
+        ]
+        per_workload[workload] = {
+            "prompts": ps, "adapters": ads,
+            "speedup": figures[o]["median_seconds"] / figures[b]["median_seconds"],
+            "speedup_paired_median": _median(paired),
+            "tokens_per_s_ratio": figures[b]["median_tokens_per_s"] / figures[o]["median_tokens_per_s"],
+            # generate runs one forward pass per new token: one by one sum(t_i) passes of 1 row, the batch
+            # max(t_i) passes of 8 rows (rows that finished keep being computed as padding)
+            "forward_passes": {"one_by_one": sum(tokens), "batch": max(tokens)},
+            "forward_pass_ratio": sum(tokens) / max(tokens),
+            "outputs": {"batch": warmup[b]["texts"], "one_by_one": warmup[o]["texts"]},
+            "outputs_identical": not mismatches,
+            "mismatches": mismatches,
+        }
+
+    # Where the time goes: one more call of each side with every forward pass timed, plus the same task
+    # batch with every row on the base model and with every row on one adapter (no mixing).
+    breakdown: dict[str, Any] = {}
+    variants = {side: fn for side, fn in fns.items()}
+    variants["batch_all_base"] = lambda: _run_batch_side(engine, counter, prompts, [None] * 8, n, True)
+    variants["batch_all_one_adapter"] = lambda: _run_batch_side(engine, counter, prompts, [names[1]] * 8, n, True)
+    for side, fn in variants.items():
+        gc.collect()
+        with ForwardTimer(engine) as timer:
+            result = fn()
+        breakdown[side] = timer.breakdown(result["seconds"])
+        breakdown[side]["per_prompt_tokens"] = result["per_prompt_tokens"]
+
     small_cache = None
     if args.cache_check_runs and args.cache_size > 3:
         print("batch: extra rounds with cache_size=3 (the configured default) ...", file=sys.stderr)
-        small_cache = cache_check(args, engine, names, fns, 3)
+        small_cache = cache_check(args, engine, names, {"batch": fns["batch"], "one_by_one": fns["one_by_one"]}, 3)
+    tasks = per_workload["tasks"]
     return {
         "prompts": prompts,
         "adapters": adapters,
         "max_new_tokens": n,
         "sides": figures,
-        "speedup": speedup,
-        "speedup_paired_median": _median(paired),
-        "tokens_per_s_ratio": figures["batch"]["median_tokens_per_s"] / figures["one_by_one"]["median_tokens_per_s"],
+        "speedup": tasks["speedup"],
+        "speedup_paired_median": tasks["speedup_paired_median"],
+        "tokens_per_s_ratio": tasks["tokens_per_s_ratio"],
         "target_speedup": args.batch_target,
-        "target_met": speedup >= args.batch_target,
+        "target_met": tasks["speedup"] >= args.batch_target,
+        "outputs_identical": tasks["outputs_identical"],
+        "mismatches": tasks["mismatches"],
+        "workloads": per_workload,
         "per_prompt_tokens": {"batch": warmup["batch"]["per_prompt_tokens"], "one_by_one": warmup["one_by_one"]["per_prompt_tokens"],
                               "engine_query_completion_tokens": query_tokens},
+        "forward_breakdown": breakdown,
         "memory_report": engine.memory_report(),
         "with_cache_size_3": small_cache,
-        "outputs": {"batch": batch_texts, "one_by_one": single_texts},
-        "outputs_identical": not mismatches,
-        "mismatches": mismatches,
         "outputs_stable_across_runs": stable,
         "rounds_discarded_for_contention": redone,
         "kept_runs_still_contended": sum(r["contended"] for r in kept),
@@ -820,31 +922,39 @@ def report_decode(d: dict[str, Any]) -> None:
 
 def report_batch(bt: dict[str, Any]) -> None:
     rows = []
-    labels = {"batch": "generate_batch(8 prompts, adapters=[4 adapters x 2])",
-              "one_by_one": "8 x generate(prompt, adapter=...)"}
     for side, f in bt["sides"].items():
         each = " ".join(f"{r['seconds']:.3f}" for r in bt["runs"] if r["side"] == side and not r["discarded"])
-        rows.append((labels[side], f"{f['median_seconds']:.3f}", str(f["new_tokens"]), f"{f['median_tokens_per_s']:.2f}",
+        rows.append((f["label"], f"{f['median_seconds']:.3f}", str(f["new_tokens"]), f"{f['median_tokens_per_s']:.2f}",
                      f"{f['median_ms_outside_model_generate']:.1f}", each))
     verdict = "MET" if bt["target_met"] else "MISSED"
-    notes = [
-        f"speedup (one by one s / batch s) = {bt['speedup']:.2f}x (paired median {bt['speedup_paired_median']:.2f}x); "
-        f"tokens/s ratio = {bt['tokens_per_s_ratio']:.2f}x",
-        f"per-prompt new tokens: batch {bt['per_prompt_tokens']['batch']}, one by one {bt['per_prompt_tokens']['one_by_one']}",
-        f"outputs identical: {bt['outputs_identical']} ({len(bt['mismatches'])} mismatch(es)); stable across runs: {bt['outputs_stable_across_runs']}",
-        f"target: speedup >= {bt['target_speedup']:g}x -> {verdict} ({bt['speedup']:.2f}x)",
-    ]
+    notes = []
+    for workload, w in bt["workloads"].items():
+        notes.append(
+            f"{workload}: speedup (one by one s / batch s) = {w['speedup']:.2f}x (paired median {w['speedup_paired_median']:.2f}x), "
+            f"tokens/s ratio {w['tokens_per_s_ratio']:.2f}x; forward passes one by one {w['forward_passes']['one_by_one']} "
+            f"vs batch {w['forward_passes']['batch']} ({w['forward_pass_ratio']:.2f}x); outputs identical: {w['outputs_identical']}")
+        for m in w["mismatches"]:
+            notes.append(f"  mismatch #{m['index']} ({m['adapter']}): batch {m['batch']!r} vs one by one {m['one_by_one']!r}")
+    notes.append(f"per-prompt new tokens (tasks): {bt['per_prompt_tokens']['one_by_one']}; stable across runs: {bt['outputs_stable_across_runs']}")
     small = bt.get("with_cache_size_3")
     if small:
         sb, so = small["sides"]["batch"], small["sides"]["one_by_one"]
         notes.append(f"with cache_size=3 (the configured default) for these 4 adapters: batch {sb['median_seconds']:.3f} s "
                      f"({sb['loads_per_call']} adapter loads from the store per call), one by one {so['median_seconds']:.3f} s "
                      f"({so['loads_per_call']} loads per 8 calls); speedup {small['speedup']:.2f}x")
-    for m in bt["mismatches"]:
-        notes.append(f"  mismatch #{m['index']} ({m['adapter']}): batch {m['batch']!r} vs one by one {m['one_by_one']!r}")
+    notes.append(f"target: speedup >= {bt['target_speedup']:g}x (task prompts) -> {verdict} ({bt['speedup']:.2f}x)")
     print_table(f"3. Batch of {len(bt['prompts'])} prompts over {len(set(bt['adapters']))} adapters, "
                 f"max_new_tokens={bt['max_new_tokens']}, greedy",
                 ("side", "median s", "new tokens", "median tok/s", "ms outside model.generate", "runs (s)"), rows, notes)
+    rows = []
+    for side, b in bt["forward_breakdown"].items():
+        rows.append((side, f"{b['seconds']:.3f}", str(b["prefill_passes"]), f"{b['prefill_ms_total']:.0f}",
+                     str(b["decode_steps"]), ",".join(map(str, b["decode_rows"])),
+                     "-" if b["decode_step_ms_median"] is None else f"{b['decode_step_ms_median']:.1f}",
+                     f"{b['decode_ms_total']:.0f}", f"{b['outside_forward_ms']:.0f}"))
+    print_table("3b. Where the time goes (one extra call each, every forward pass timed)",
+                ("call", "s", "prefills", "prefill ms", "decode steps", "rows", "ms/step (median)", "decode ms",
+                 "ms outside forward"), rows, [])
 
 
 def summary_lines(result: dict[str, Any]) -> list[tuple[str, bool | None]]:
@@ -867,6 +977,11 @@ def summary_lines(result: dict[str, Any]) -> list[tuple[str, bool | None]]:
                       f"{bt['sides']['one_by_one']['median_seconds']:.3f} s; speedup {bt['speedup']:.2f}x "
                       f"(target >= {bt['target_speedup']:g}x) -> {'MET' if bt['target_met'] else 'MISSED'}; outputs "
                       f"{'identical' if bt['outputs_identical'] else 'DIFFER (' + str(len(bt['mismatches'])) + ')'}", bt["target_met"]))
+        if "long" in bt["workloads"]:
+            w = bt["workloads"]["long"]
+            lines.append((f"batch, long-answer prompts (diagnostic): generate_batch {bt['sides']['batch_long']['median_seconds']:.3f} s "
+                          f"vs one by one {bt['sides']['one_by_one_long']['median_seconds']:.3f} s; speedup {w['speedup']:.2f}x; "
+                          f"outputs {'identical' if w['outputs_identical'] else 'DIFFER (' + str(len(w['mismatches'])) + ')'}", None))
     return lines
 
 
@@ -898,7 +1013,13 @@ def profile_calls(engine: Any, args: argparse.Namespace, result: dict[str, Any],
         calls.append(("batch generate_batch", lambda: engine.generate_batch(prompts, adapters=adapters, temperature=0, max_new_tokens=n)))
         calls.append(("batch one by one", lambda: [engine.generate(p, adapter=a, temperature=0, max_new_tokens=n)
                                                    for p, a in zip(prompts, adapters)]))
+    from torch.profiler import ProfilerActivity, profile
+
     for name, call in calls:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+        print(f"\n===== torch.profiler: {name}, top {top} operators by self CPU time =====")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
         profiler = cProfile.Profile()
         profiler.enable()
         call()

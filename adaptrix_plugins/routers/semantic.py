@@ -1,9 +1,13 @@
 """Semantic router: cosine similarity between the prompt and each adapter's description and examples.
 
-An adapter's score is the mean of its three best cosine similarities (all-MiniLM-L6-v2 embeddings).
+An adapter's score is the mean of its three best cosine similarities (all-MiniLM-L6-v2 embeddings)
+over its description and example prompts (and their sentences, see ``routing.prompt_views``).
 Embeddings are cached per adapter and recomputed when its metadata changes. ``fit`` calibrates one
-threshold per adapter on labelled prompts (the F1-best cut, leaving each prompt out of its own
-adapter's examples) and saves them as JSON in the router state folder.
+threshold per adapter from labelled prompts: just above the 99th percentile of the scores that
+prompts of other labels (other adapters, off-topic) get, so about 1% of them would be misrouted to
+it. Thresholds are saved as JSON in the router state folder; with no saved calibration for the
+current adapters, the router calibrates itself on first use from the adapters' examples and
+Adaptrix's off-topic prompts.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from adaptrix_core.routing import (
     AdapterCard,
     RouterResources,
     candidates_fingerprint,
+    card_texts,
     default_thresholds,
+    labelled_examples,
+    off_topic_prompts,
     read_state,
     select,
     write_state,
@@ -25,6 +32,8 @@ from adaptrix_core.routing import (
 
 DEFAULT_THRESHOLD = 0.45
 TOP = 3
+NEGATIVE_QUANTILE = 0.99
+MARGIN = 0.02
 
 
 class SemanticRouter:
@@ -36,6 +45,7 @@ class SemanticRouter:
         self.settings = settings
         self.resources = resources
         self._vectors: dict[str, tuple[str, Any, tuple[str, ...]]] = {}
+        self._saved: dict[str, Any] | None = None
 
     @property
     def state_file(self):
@@ -44,7 +54,7 @@ class SemanticRouter:
     def _card_vectors(self, card: AdapterCard):
         cached = self._vectors.get(card.name)
         if cached is None or cached[0] != card.fingerprint:
-            texts = tuple(t for t in (card.description, *card.example_prompts) if t.strip()) or (card.name,)
+            texts = tuple(card_texts(card))
             cached = (card.fingerprint, self.resources.embedder.encode(list(texts)), texts)
             self._vectors[card.name] = cached
         return cached[1], cached[2]
@@ -65,16 +75,25 @@ class SemanticRouter:
         return scores
 
     def thresholds(self, candidates: Sequence[AdapterCard]) -> dict[str, float]:
+        """Calibrated thresholds where the saved calibration matches the adapter, else the default."""
         thresholds = default_thresholds(candidates, DEFAULT_THRESHOLD, self.settings)
         if self.settings.threshold is None:
-            state = read_state(self.state_file) or {}
+            state = self._state or {}
             calibrated = state.get("thresholds", {})
             for card in candidates:
                 if state.get("fingerprints", {}).get(card.name) == card.fingerprint and card.name in calibrated:
                     thresholds[card.name] = float(calibrated[card.name])
         return thresholds
 
+    @property
+    def _state(self) -> dict[str, Any] | None:
+        if self._saved is None:
+            self._saved = read_state(self.state_file)
+        return self._saved
+
     def route(self, prompt: str, candidates: Sequence[AdapterCard]) -> RoutingDecision:
+        if self.settings.threshold is None and (self._state or {}).get("candidates") != candidates_fingerprint(candidates):
+            self.fit(labelled_examples(candidates, off_topic_prompts()), candidates)  # first use, or adapters changed
         vector = self.resources.embedder.encode([prompt])
         row = self._scores(vector, candidates)[0]
         scores = {card.name: float(score) for card, score in zip(candidates, row)}
@@ -82,26 +101,18 @@ class SemanticRouter:
 
     def fit(self, examples: Sequence[tuple[str, str]], candidates: Sequence[AdapterCard]) -> dict[str, Any]:
         """Calibrate per-adapter thresholds on (prompt, label) pairs; label 'base' means no adapter."""
+        import numpy as np
+
         prompts = [prompt for prompt, _ in examples]
-        vectors = self.resources.embedder.encode(prompts)
-        scores = self._scores(vectors, candidates, exclude=prompts)
+        scores = self._scores(self.resources.embedder.encode(prompts), candidates, exclude=prompts)
         thresholds = {}
         for column, card in enumerate(candidates):
-            positives = [score for score, (_, label) in zip(scores[:, column], examples) if label == card.name]
-            column_scores = sorted(set(float(s) for s in scores[:, column]))
-            best = (-1.0, DEFAULT_THRESHOLD)
-            for cut in column_scores:
-                predicted = scores[:, column] >= cut
-                truth = [label == card.name for _, label in examples]
-                tp = sum(p and t for p, t in zip(predicted, truth))
-                fp = sum(p and not t for p, t in zip(predicted, truth))
-                fn = sum(t and not p for p, t in zip(predicted, truth))
-                f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-                if f1 > best[0] + 1e-9:
-                    best = (f1, cut)
-            thresholds[card.name] = round(min(0.95, max(0.15, best[1] - 1e-4)), 4) if positives else DEFAULT_THRESHOLD
-        write_state(self.state_file, {"thresholds": thresholds, "fingerprints": {c.name: c.fingerprint for c in candidates},
-                                      "candidates": candidates_fingerprint(candidates), "examples": len(examples)})
+            negatives = [score for score, (_, label) in zip(scores[:, column], examples) if label != card.name]
+            cut = float(np.quantile(negatives, NEGATIVE_QUANTILE)) + MARGIN if negatives else DEFAULT_THRESHOLD
+            thresholds[card.name] = round(min(0.9, max(0.15, cut)), 4)
+        self._saved = {"thresholds": thresholds, "fingerprints": {c.name: c.fingerprint for c in candidates},
+                       "candidates": candidates_fingerprint(candidates), "examples": len(examples)}
+        write_state(self.state_file, self._saved)
         return {"router": self.name, "thresholds": thresholds, "examples": len(examples)}
 
 

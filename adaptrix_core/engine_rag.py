@@ -1,0 +1,225 @@
+"""Retrieval-augmented generation: the engine's document index (ingest, list, remove, retrieve, prompt).
+
+Documents are read (:mod:`adaptrix_core.rag.readers`), cut into token windows of the shared
+embedder's tokenizer (:mod:`adaptrix_core.rag.chunking`), embedded in batches with
+``engine.embedder`` and committed atomically to ``config.rag.data_dir``
+(:mod:`adaptrix_core.rag.store`). Reading and embedding run outside the engine lock; only the
+commit and searches take it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from adaptrix_core.errors import DocumentError, DocumentNotFoundError, InvalidPromptError
+
+IngestProgress = Callable[[int, int], None]
+"""``progress(done, total)``: chunks embedded so far out of those this call embeds."""
+
+BUNDLED_EMBEDDER = "all-MiniLM-L6-v2 (bundled)"
+RAG_INSTRUCTION = (
+    "Answer the question using only the numbered passages below. Cite the passage you used like [1]. "
+    "Answer in one short sentence. If the passages do not contain the answer, say that you do not know."
+)
+
+
+@dataclass
+class IngestReport:
+    """What ``add_documents`` did: document ids added, replaced (changed) or unchanged, and failures."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path or text excerpt, reason)
+    skipped: list[str] = field(default_factory=list)  # files of unsupported formats met while walking folders
+    sources: dict[str, str] = field(default_factory=dict)  # doc id -> source path (or text:<id>)
+    chunks_added: int = 0
+    generation: int | None = None  # index generation committed by this call (None: nothing written)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RagMixin:
+    """Document index methods of the engine (see ``ModularAdaptrixEngine``)."""
+
+    def _init_rag(self) -> None:
+        self._rag_store = None
+        self._rag_store_key: tuple | None = None
+
+    def _store(self):
+        from adaptrix_core.rag.store import IndexStore
+
+        s = self.config.rag
+        key = (str(Path(s.data_dir).expanduser().resolve()), s.index_type, s.nprobe, s.ef_search)
+        if self._rag_store is None or self._rag_store_key != key:
+            self._rag_store, self._rag_store_key = IndexStore(key[0], s.index_type, s.nprobe, s.ef_search), key
+        return self._rag_store
+
+    # -- ingestion -----------------------------------------------------------------------------
+    def add_documents(self, paths_or_texts: Any, progress: IngestProgress | None = None) -> IngestReport:
+        """Add files, folders (walked recursively) and raw texts to the index in one atomic commit.
+
+        An item is a path when it is a ``Path``, an existing file or folder, or a one-line string ending
+        in a supported extension, or one without spaces ending in any extension (a missing one then
+        fails); other strings are text documents. Each file
+        that cannot be read lands in ``report.failed`` with the reason, and the others are added.
+        Unchanged documents (same text and chunking) are skipped; changed ones replace their chunks.
+        """
+        from adaptrix_core.rag.chunking import chunk_document
+        from adaptrix_core.rag.readers import from_text, read_file
+        from adaptrix_core.rag.store import Addition
+
+        started = time.perf_counter()
+        report, documents = IngestReport(), {}
+        for kind, item in _expand(paths_or_texts, report):
+            try:
+                document = read_file(item) if kind == "path" else from_text(item)
+            except DocumentError as exc:
+                report.failed.append((str(item) if kind == "path" else _excerpt(item), str(exc)))
+                continue
+            documents.setdefault(document.doc_id, document)
+        settings = self.config.rag
+        chunking = f"{settings.chunk_size}/{settings.chunk_overlap}"
+        known = self._store().states()
+        pending = []
+        for doc_id, document in documents.items():
+            report.sources[doc_id] = document.source
+            if known.get(doc_id) == (document.content_hash, chunking):
+                report.unchanged.append(doc_id)
+                continue
+            (report.replaced if doc_id in known else report.added).append(doc_id)
+            pending.append((document, chunk_document(document, self.embedder.model.tokenizer,
+                                                     settings.chunk_size, settings.chunk_overlap)))
+        if pending:
+            vectors = self._embed([c.text for _, chunks in pending for c in chunks], progress)
+            additions, offset = [], 0
+            for document, chunks in pending:
+                additions.append(Addition(document, chunks, vectors[offset:offset + len(chunks)], chunking))
+                offset += len(chunks)
+            with self._lock:
+                report.generation = self._store().apply(additions, [], self._embedding_name(), self.embedder.dimension)
+            report.chunks_added = offset
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _embed(self, texts: list[str], progress: IngestProgress | None):
+        import numpy as np
+
+        batch = self.config.rag.batch_size
+        parts = []
+        if progress:
+            progress(0, len(texts))
+        for start in range(0, len(texts), batch):
+            parts.append(self.embedder.encode(texts[start:start + batch], batch_size=batch))
+            if progress:
+                progress(min(start + batch, len(texts)), len(texts))
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dimension), dtype=np.float32)
+
+    def _embedding_name(self) -> str:
+        return self.config.router.embedding_model or BUNDLED_EMBEDDER
+
+    def remove_document(self, doc_id: str) -> dict[str, Any]:
+        """Remove a document (by id, or by the path it was added from); returns its listing."""
+        from adaptrix_core.rag.readers import path_doc_id
+
+        with self._lock:
+            listing = {d["id"]: d for d in self._store().documents()}
+            if doc_id not in listing and path_doc_id(doc_id) in listing:
+                doc_id = path_doc_id(doc_id)
+            if doc_id not in listing:
+                raise DocumentNotFoundError(f"No document {doc_id!r} in the index {str(self._store().data_dir)!r}; "
+                                            "'adaptrix index list' shows the ids.")
+            self._store().apply([], [doc_id], self._embedding_name(), self.embedder.dimension)
+            return listing[doc_id]
+
+    def list_documents(self) -> list[dict[str, Any]]:
+        """Every indexed document: id, source, kind, chunks, pages, chars, content_hash, added_at."""
+        with self._lock:
+            return self._store().documents()
+
+    def index_stats(self) -> dict[str, Any]:
+        """Documents, chunks, generation, FAISS layout, dimension, file sizes and chunking settings."""
+        with self._lock:
+            stats = self._store().stats()
+        s = self.config.rag
+        return {**stats, "index_type": s.index_type, "chunk_size": s.chunk_size, "chunk_overlap": s.chunk_overlap}
+
+    # -- retrieval -----------------------------------------------------------------------------
+    def retrieve(self, query: str, top_k: int | None = None, min_score: float | None = None) -> list[dict[str, Any]]:
+        """The ``top_k`` passages most similar to ``query`` scoring at least ``min_score``, best first.
+
+        Each is a dict: document (id), source, chunk (id), ordinal, page, start, end, score, text.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidPromptError("retrieve() needs a non-empty query string.")
+        top_k = self.config.rag.top_k if top_k is None else top_k
+        min_score = self.config.rag.min_score if min_score is None else min_score
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InvalidPromptError(f"top_k must be a positive integer, got {top_k!r}.")
+        vector = self.embedder.encode([query])[0]
+        with self._lock:
+            hits = self._store().search(vector, top_k)
+        return [hit for hit in hits if hit["score"] >= min_score]
+
+    def _rag_messages(self, prompt: str, top_k: int | None, min_score: float | None) -> tuple[list[dict], list[dict]]:
+        """(messages, sources): one user message with numbered passages, the instruction and the question.
+
+        Sources carry ``citation`` (the passage number). Without a passage above ``min_score`` the
+        message is the bare question and the sources list is empty.
+        """
+        sources = self.retrieve(prompt, top_k, min_score)
+        if not sources:
+            return [{"role": "user", "content": prompt}], []
+        blocks = []
+        for number, source in enumerate(sources, start=1):
+            source["citation"] = number
+            where = Path(source["source"]).name if not source["source"].startswith("text:") else "text"
+            if source["page"] is not None:
+                where += f", page {source['page']}"
+            blocks.append(f"[{number}] ({where}) {' '.join(source['text'].split())}")
+        content = f"{RAG_INSTRUCTION}\n\nPassages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {prompt}"
+        return [{"role": "user", "content": content}], sources
+
+
+def _expand(items: Any, report: IngestReport) -> Iterable[tuple[str, Any]]:
+    """("path", Path) / ("text", str) pairs for the inputs; folders become their supported files."""
+    from adaptrix_core.rag.readers import SUFFIXES, walk
+
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    for item in items:
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and _looks_like_path(item, SUFFIXES)):
+            path = Path(item).expanduser()
+            if path.is_dir():
+                supported, other = walk(path)
+                report.skipped.extend(str(p) for p in other)
+                yield from (("path", p) for p in supported)
+            else:
+                yield "path", path
+        elif isinstance(item, str):
+            yield "text", item
+        else:
+            report.failed.append((repr(item)[:80], f"expected a path or a text string, got {type(item).__name__}."))
+
+
+def _looks_like_path(text: str, suffixes: dict[str, str]) -> bool:
+    if "\n" in text or len(text) > 4096:
+        return False
+    try:
+        if Path(text).expanduser().exists():
+            return True
+    except OSError:
+        return False
+    suffix = Path(text).suffix.lower()
+    return bool(suffix) and (suffix in suffixes or not any(c.isspace() for c in text))
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat[:60] + ("..." if len(flat) > 60 else "")

@@ -1,0 +1,167 @@
+"""Document readers: a file (.txt, .md, .pdf, .html) or a raw string becomes plain text with page spans.
+
+A :class:`Document` holds the extracted text, a stable ``doc_id``, the sha256 of its text and its
+``pages``: ``(page_number, start, end)`` character spans of the text (PDF pages, 1-based; other
+formats have one span with page None). PDF pages are joined with a blank line. HTML keeps the
+title and the visible text, drops ``script``/``style``/``template``/``noscript`` and puts block
+elements on their own lines. Text files must be UTF-8. Every failure is a :class:`DocumentError`
+naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Iterable
+
+from adaptrix_core.errors import DocumentError
+
+SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".pdf": "pdf", ".html": "html", ".htm": "html"}
+PAGE_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class Document:
+    """Extracted text of one source, ready to chunk."""
+
+    doc_id: str
+    source: str  # absolute path, or "text:<id>" for a raw string
+    kind: str  # text, markdown, pdf, html
+    text: str
+    pages: tuple[tuple[int | None, int, int], ...]
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def path_doc_id(path: str | os.PathLike) -> str:
+    """Stable id of a file: a hash of its absolute path (the same file always gets the same id)."""
+    return "d" + hashlib.sha256(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:15]
+
+
+def text_doc_id(text: str) -> str:
+    """Stable id of a raw text document: a hash of the text."""
+    return "t" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:15]
+
+
+def from_text(text: str) -> Document:
+    """A raw string as a document."""
+    if not text.strip():
+        raise DocumentError("A text document must hold some non-blank text.")
+    doc_id = text_doc_id(text)
+    return Document(doc_id, f"text:{doc_id}", "text", text, ((None, 0, len(text)),))
+
+
+def read_file(path: str | os.PathLike) -> Document:
+    """Read one file into a Document; DocumentError if it is missing, unreadable, unsupported or empty."""
+    file = Path(path).expanduser().resolve()
+    kind = SUFFIXES.get(file.suffix.lower())
+    if kind is None:
+        raise DocumentError(f"{str(file)!r}: unsupported format {file.suffix or '(no extension)'!r}; "
+                            f"supported: {', '.join(sorted(SUFFIXES))}.")
+    if not file.is_file():
+        raise DocumentError(f"{str(file)!r} does not exist or is not a file.")
+    try:
+        if kind == "pdf":
+            pages = _pdf_pages(file)
+        else:
+            raw = file.read_bytes()
+            try:
+                content = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise DocumentError(f"{str(file)!r} is not UTF-8 text (byte {exc.start}); convert it to UTF-8.") from None
+            pages = [_html_text(content) if kind == "html" else content]
+    except OSError as exc:
+        raise DocumentError(f"{str(file)!r} cannot be read: {exc.strerror or exc}.") from None
+    text, spans = _join_pages(pages, numbered=kind == "pdf")
+    if not text.strip():
+        hint = " (a scanned PDF holds images, not text)" if kind == "pdf" else ""
+        raise DocumentError(f"{str(file)!r} holds no extractable text{hint}.")
+    return Document(path_doc_id(file), str(file), kind, text, spans)
+
+
+def walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Files under ``folder`` (recursively, sorted, hidden entries skipped): (supported, other)."""
+    supported, other = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                path = Path(root) / name
+                (supported if path.suffix.lower() in SUFFIXES else other).append(path)
+    return supported, other
+
+
+def _join_pages(pages: Iterable[str], numbered: bool) -> tuple[str, tuple[tuple[int | None, int, int], ...]]:
+    parts, spans, position = [], [], 0
+    for number, page in enumerate(pages, start=1):
+        if parts:
+            parts.append(PAGE_SEPARATOR)
+            position += len(PAGE_SEPARATOR)
+        parts.append(page)
+        spans.append((number if numbered else None, position, position + len(page)))
+        position += len(page)
+    return "".join(parts), tuple(spans)
+
+
+def _pdf_pages(file: Path) -> list[str]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(file)
+        if reader.is_encrypted:
+            raise DocumentError(f"{str(file)!r} is an encrypted PDF; decrypt it first.")
+        return [(page.extract_text() or "").strip() for page in reader.pages]
+    except DocumentError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DocumentError(f"{str(file)!r} is not a readable PDF: {exc}.") from None
+
+
+_SKIPPED = {"script", "style", "template", "noscript", "svg"}
+_BLOCKS = {"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "footer", "form",
+           "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section",
+           "table", "td", "th", "title", "tr", "ul"}
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = []
+        self._current: list[str] = []
+        self._skip_depth = 0
+
+    def _break(self) -> None:
+        line = " ".join("".join(self._current).split())
+        if line:
+            self.lines.append(line)
+        self._current = []
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in _SKIPPED:
+            self._skip_depth += 1
+        elif tag in _BLOCKS:
+            self._break()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED:
+            self._skip_depth = max(0, self._skip_depth - 1)
+        elif tag in _BLOCKS:
+            self._break()
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self._current.append(data)
+
+
+def _html_text(markup: str) -> str:
+    parser = _TextExtractor()
+    parser.feed(markup)
+    parser.close()
+    parser._break()
+    return "\n".join(parser.lines)
