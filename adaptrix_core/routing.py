@@ -43,8 +43,13 @@ class AdapterCard:
                    tuple(meta.routing.example_prompts))
 
 
+FIT_FORMAT = 2  # bump when what routers learn from changes, so saved fits are redone
+
+
 def candidates_fingerprint(candidates: Sequence[AdapterCard]) -> str:
-    return hashlib.sha256("|".join(sorted(c.fingerprint for c in candidates)).encode()).hexdigest()[:16]
+    """Identifies a set of candidates (and the fitting format): saved router fits are valid for it only."""
+    payload = "|".join(sorted(c.fingerprint for c in candidates)) + f"|format{FIT_FORMAT}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass
