@@ -134,10 +134,12 @@ def parse_adapter_option(value: str | None) -> Any:
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--task-type", help="Preset: general, code, math, creative.")
 @click.option("--stream/--no-stream", default=False, help="Print the answer as it is generated.")
+@click.option("--rag", is_flag=True, help="Answer from the document index (adaptrix index add ...), citing sources.")
+@click.option("--top-k", type=int, help="Passages retrieved with --rag (default: rag.top_k).")
 @json_option
 @handle_errors
 def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens, temperature, top_p, seed, stop, task_type,
-          stream, as_json) -> None:
+          stream, rag, top_k, as_json) -> None:
     """Answer PROMPT with the model (and the active adapters, or --adapter)."""
     from adaptrix_core.cli_state import active_adapters_for
 
@@ -152,12 +154,20 @@ def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens
     if router_name and chosen is None:
         gen["adapter"] = "auto"
     with opts.engine(router=router_name) as engine:
+        if rag:
+            result = engine.query(prompt, use_rag=True, top_k=top_k, **gen)
+            _print_result(result, as_json)
+            return
         if stream and not as_json:
             for piece in engine.stream(prompt, **gen):
                 click.echo(piece, nl=False)
             click.echo()
             return
         result = engine.query(prompt, **gen)
+    _print_result(result, as_json)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
     if as_json:
         _emit_json(result.model_dump())
         return
@@ -168,6 +178,10 @@ def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens
         scores = ", ".join(f"{name} {score:.2f}" for name, score in sorted(routing["scores"].items(), key=lambda i: -i[1]))
         chosen_text = ", ".join(f"{n} ({w:.2f})" for n, w in routing["selected"].items()) or "base model"
         console.print(f"[cyan]routing ({routing['router']}):[/] {chosen_text} · confidence {routing['confidence']:.2f} · scores: {scores}")
+    for number, source in enumerate(result.sources, start=1):
+        page = f" p.{source['page']}" if source.get("page") else ""
+        console.print(f"[green][{number}][/] {source.get('source') or source.get('document')}{page} "
+                      f"(score {source.get('score', 0):.2f})")
     console.print(
         f"[dim]{result.family} · {result.model_id} · {result.completion_tokens} tokens · "
         f"{result.latency_ms:.0f} ms · adapters: {', '.join(result.adapters) or 'none'}[/]"
@@ -258,7 +272,7 @@ def main() -> None:
     cli(prog_name="adaptrix")
 
 
-from adaptrix_core import cli_adapters, cli_router  # noqa: E402,F401  (register their commands on ``cli``)
+from adaptrix_core import cli_adapters, cli_index, cli_router  # noqa: E402,F401  (register their commands on ``cli``)
 
 
 if __name__ == "__main__":
