@@ -125,6 +125,10 @@ class RagSettings(_Section):
         0.2, ge=-1, le=1, description="Cosine similarity a passage needs to be used; lower-scoring ones are dropped."
     )
     batch_size: int = Field(32, ge=1, description="Chunks embedded per batch while ingesting.")
+    prompt_sentences: int | None = Field(
+        3, ge=1, description="Per retrieved passage, only its N sentences most similar to the question go into the "
+        "prompt (small models lose a fact in long contexts); None puts whole passages in.",
+    )
     nprobe: int = Field(16, ge=1, description="IVF only: clusters searched per query (more: better recall, slower).")
     ef_search: int = Field(64, ge=1, description="HNSW only: candidate list size per query (more: better recall, slower).")
 

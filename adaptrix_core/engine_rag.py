@@ -21,10 +21,6 @@ IngestProgress = Callable[[int, int], None]
 """``progress(done, total)``: chunks embedded so far out of those this call embeds."""
 
 BUNDLED_EMBEDDER = "all-MiniLM-L6-v2 (bundled)"
-RAG_INSTRUCTION = (
-    "Answer the question using only the numbered passages below. Cite the passage you used like [1]. "
-    "Answer in one short sentence. If the passages do not contain the answer, say that you do not know."
-)
 
 
 @dataclass
@@ -156,35 +152,37 @@ class RagMixin:
 
         Each is a dict: document (id), source, chunk (id), ordinal, page, start, end, score, text.
         """
+        return self._search(query, top_k, min_score)[1]
+
+    def _search(self, query: str, top_k: int | None, min_score: float | None) -> tuple[Any, list[dict[str, Any]]]:
         if not isinstance(query, str) or not query.strip():
             raise InvalidPromptError("retrieve() needs a non-empty query string.")
         top_k = self.config.rag.top_k if top_k is None else top_k
         min_score = self.config.rag.min_score if min_score is None else min_score
-        if not isinstance(top_k, int) or top_k < 1:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InvalidPromptError(f"top_k must be a positive integer, got {top_k!r}.")
         vector = self.embedder.encode([query])[0]
         with self._lock:
             hits = self._store().search(vector, top_k)
-        return [hit for hit in hits if hit["score"] >= min_score]
+        return vector, [hit for hit in hits if hit["score"] >= min_score]
 
     def _rag_messages(self, prompt: str, top_k: int | None, min_score: float | None) -> tuple[list[dict], list[dict]]:
-        """(messages, sources): one user message with numbered passages, the instruction and the question.
+        """(messages, sources): one user message with the numbered passages, the instruction and the question.
 
-        Sources carry ``citation`` (the passage number). Without a passage above ``min_score`` the
-        message is the bare question and the sources list is empty.
+        Each passage is cut down to its ``rag.prompt_sentences`` sentences most similar to the question
+        (all of it when None); the sources keep the whole passage and carry ``citation`` (its number)
+        and ``excerpt`` (what the prompt shows). Without a passage above ``min_score`` the message is
+        the bare question and the sources list is empty.
         """
-        sources = self.retrieve(prompt, top_k, min_score)
+        from adaptrix_core.rag.prompt import build_prompt, excerpts
+
+        vector, sources = self._search(prompt, top_k, min_score)
         if not sources:
             return [{"role": "user", "content": prompt}], []
-        blocks = []
-        for number, source in enumerate(sources, start=1):
-            source["citation"] = number
-            where = Path(source["source"]).name if not source["source"].startswith("text:") else "text"
-            if source["page"] is not None:
-                where += f", page {source['page']}"
-            blocks.append(f"[{number}] ({where}) {' '.join(source['text'].split())}")
-        content = f"{RAG_INSTRUCTION}\n\nPassages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {prompt}"
-        return [{"role": "user", "content": content}], sources
+        texts = excerpts(vector, [s["text"] for s in sources], self.embedder, self.config.rag.prompt_sentences)
+        for number, (source, text) in enumerate(zip(sources, texts), start=1):
+            source["citation"], source["excerpt"] = number, text
+        return [{"role": "user", "content": build_prompt(prompt, sources, texts)}], sources
 
 
 def _expand(items: Any, report: IngestReport) -> Iterable[tuple[str, Any]]:

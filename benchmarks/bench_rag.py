@@ -8,7 +8,8 @@
 2. Larger indexes are built from synthetic chunks: random clustered unit vectors (384 dimensions,
    ``--clusters`` centres) with realistic chunk texts (~1,100 characters, like a 256-token chunk),
    committed with ``IndexStore.apply`` in one generation (the commit time is reported). Each size
-   is measured as ``flat``, then converted to ``ivf`` and ``hnsw`` (one more commit each).
+   is measured as ``flat``, then converted to ``ivf`` (from 10k chunks; below that ``ivf`` stays
+   flat) and ``hnsw``, one more commit each.
 3. Query latency of ``engine.retrieve(question, top_k=4)``: embedding a real question (the corpus
    questions, cycled; every call embeds afresh), the FAISS search and the SQLite lookup of the hits.
    ``--queries`` timed calls after ``--warmup`` untimed ones; p50/p95 of the whole call and of the
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     from adaptrix_core import ModularAdaptrixEngine
     from adaptrix_core.rag.store import IndexStore
+    from adaptrix_core.rag.vectors import IVF_MIN_VECTORS
 
     questions = [json.loads(line)["question"] for line in
                  (REPO_ROOT / "data" / "rag" / "questions.jsonl").read_text().splitlines() if line.strip()]
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = root / f"index-{size}"
             vectors, commit_s = build_synthetic(folder, size, args, dimension, model_name)
             for layout in args.layouts:
+                if layout == "ivf" and size < IVF_MIN_VECTORS:
+                    continue  # ivf keeps the flat layout below IVF_MIN_VECTORS: same figures as flat
                 started = time.perf_counter()
                 if layout != "flat":
                     IndexStore(folder, layout).apply([], [], model_name, dimension)

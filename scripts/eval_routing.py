@@ -57,17 +57,26 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=100)
     parser.add_argument("--adapters-dir", default=str(ROOT / "adapters"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "routing_results.json"))
+    parser.add_argument("--part", choices=["all", "routing-set", "end-to-end"], default="all",
+                        help="Run one part only (results merge into --out).")
     args = parser.parse_args()
 
     from adaptrix_core import ModularAdaptrixEngine
 
-    results: dict = {"routing_set": {}, "end_to_end": {}}
+    out = Path(args.out)
+    results: dict = json.loads(out.read_text()) if out.is_file() else {}
+    results.setdefault("routing_set", {})
+    results.setdefault("end_to_end", {})
     with ModularAdaptrixEngine(adapters_dir=args.adapters_dir, router=args.routers[0]) as engine:
-        for name in args.routers:
+        for name in args.routers if args.part != "end-to-end" else ():
             result = engine.evaluate_router(ROOT / "data" / "routing" / "test.jsonl", name)
             results["routing_set"][name] = result
             print(f"{name}: accuracy {result['accuracy']:.1%}, macro-F1 {result['macro_f1']:.3f}, "
                   f"p50 {result['latency_ms']['p50']:.2f} ms, p95 {result['latency_ms']['p95']:.2f} ms", flush=True)
+        if args.part == "routing-set":
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {args.out}")
+            return
         rows = load_mixed(args.per_task)
         engine.preload(list(TASKS))
         conditions = {"base": [None] * len(rows), "oracle": [task for task, _ in rows]}
@@ -79,7 +88,7 @@ def main() -> None:
             results["end_to_end"][condition] = {**score(rows, predictions), "seconds": round(time.perf_counter() - started, 1)}
             print(f"{condition}: {json.dumps(results['end_to_end'][condition])}", flush=True)
     results["end_to_end_examples"] = len(rows)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
