@@ -119,6 +119,7 @@ def write_state(path: Path, data: Mapping[str, Any]) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=2)
+    os.chmod(temporary, 0o644)  # mkstemp files are private; router state is shared like the adapters
     os.replace(temporary, path)
 
 
