@@ -126,9 +126,10 @@ class RagSettings(_Section):
     )
     batch_size: int = Field(32, ge=1, description="Chunks embedded per batch while ingesting.")
     prompt_sentences: int | None = Field(
-        3, ge=1, description="Per retrieved passage, only its N sentences most similar to the question go into the "
-        "prompt (small models lose a fact in long contexts); None puts whole passages in.",
+        1, ge=1, description="Only the N sentences of the retrieved passages most relevant to the question go into "
+        "the prompt (small models lose a fact in long contexts); None puts whole passages in.",
     )
+    cite: bool = Field(True, description="Ask the model to cite the passage it used as [n].")
     nprobe: int = Field(16, ge=1, description="IVF only: clusters searched per query (more: better recall, slower).")
     ef_search: int = Field(64, ge=1, description="HNSW only: candidate list size per query (more: better recall, slower).")
 

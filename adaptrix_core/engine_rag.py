@@ -169,20 +169,33 @@ class RagMixin:
     def _rag_messages(self, prompt: str, top_k: int | None, min_score: float | None) -> tuple[list[dict], list[dict]]:
         """(messages, sources): one user message with the numbered passages, the instruction and the question.
 
-        Each passage is cut down to its ``rag.prompt_sentences`` sentences most similar to the question
-        (all of it when None); the sources keep the whole passage and carry ``citation`` (its number)
-        and ``excerpt`` (what the prompt shows). Without a passage above ``min_score`` the message is
+        With ``rag.prompt_sentences`` = N the passages are cut down to the N sentences most relevant to
+        the question (see :mod:`adaptrix_core.rag.prompt`); passages left empty are not shown. The
+        sources are the passages shown, each with ``citation`` (its number) and ``excerpt`` (the text
+        shown); ``text`` stays the whole chunk. Without a passage above ``min_score`` the message is
         the bare question and the sources list is empty.
         """
-        from adaptrix_core.rag.prompt import build_prompt, excerpts
+        from adaptrix_core.rag.prompt import build_prompt, select, sentences_in
 
-        vector, sources = self._search(prompt, top_k, min_score)
+        vector, hits = self._search(prompt, top_k, min_score)
+        count = self.config.rag.prompt_sentences
+        if count is None:
+            texts = [" ".join(hit["text"].split()) for hit in hits]
+        else:
+            candidates = []
+            with self._lock:
+                store = self._store()
+                for hit in hits:
+                    offset, text = store.span(hit["document"], hit["start"] - 400, hit["end"] + 400)
+                    candidates.append(sentences_in(text, hit["start"] - offset, hit["end"] - offset))
+            texts = [" ".join(chosen) for chosen in select(prompt, vector, candidates, self.embedder.encode, count)]
+        sources = [dict(hit, excerpt=text) for hit, text in zip(hits, texts) if text]
         if not sources:
             return [{"role": "user", "content": prompt}], []
-        texts = excerpts(vector, [s["text"] for s in sources], self.embedder, self.config.rag.prompt_sentences)
-        for number, (source, text) in enumerate(zip(sources, texts), start=1):
-            source["citation"], source["excerpt"] = number, text
-        return [{"role": "user", "content": build_prompt(prompt, sources, texts)}], sources
+        for number, source in enumerate(sources, start=1):
+            source["citation"] = number
+        content = build_prompt(prompt, sources, [s["excerpt"] for s in sources], cite=self.config.rag.cite)
+        return [{"role": "user", "content": content}], sources
 
 
 def _expand(items: Any, report: IngestReport) -> Iterable[tuple[str, Any]]:

@@ -9,10 +9,11 @@
    contains an accepted answer; the target, >= 0.9) and, for PDF questions, whether that passage
    has the right page. Also the mean reciprocal rank of the answer passage.
 3. Answers with the default model (``ModularAdaptrixEngine()``), greedy, ``--max-new-tokens`` 64:
-   *with RAG* the messages come from ``engine._rag_messages(question, top_k, None)`` and go to
-   ``engine.chat``; *without RAG* the bare question goes to ``engine.chat``. An answer is right
+   *with RAG* ``engine.query(question, use_rag=True, top_k=k, temperature=0)``; *without RAG*
+   ``engine.query(question, temperature=0)``. An answer is right
    when it contains an accepted answer (case-insensitive, on word boundaries). Targets: >= 60%
-   with RAG, near 0% without.
+   with RAG, near 0% without. Also reported: how many RAG prompts hold the fact at all (the
+   sentences ``rag.prompt_sentences`` keeps of the passages) and how many answers cite a passage.
 
 Prints a table and writes every question's passages and answers to ``--out``.
 """
@@ -70,14 +71,16 @@ def evaluate_retrieval(engine, questions: list[dict], top_k: int) -> list[dict]:
 def evaluate_answers(engine, questions: list[dict], top_k: int, max_new_tokens: int) -> list[dict]:
     rows = []
     for number, q in enumerate(questions, start=1):
-        messages, sources = engine._rag_messages(q["question"], top_k, None)
-        with_rag = engine.chat(messages, temperature=0, max_new_tokens=max_new_tokens)
-        without = engine.chat([{"role": "user", "content": q["question"]}], temperature=0, max_new_tokens=max_new_tokens)
+        result = engine.query(q["question"], use_rag=True, top_k=top_k, temperature=0, max_new_tokens=max_new_tokens)
+        with_rag, sources = result.text, result.sources
+        without = engine.query(q["question"], temperature=0, max_new_tokens=max_new_tokens).text
         rows.append({"question": q["question"], "answers": q["answers"], "rag_answer": with_rag,
                      "rag_correct": contains_answer(with_rag, q["answers"]), "plain_answer": without,
                      "plain_correct": contains_answer(without, q["answers"]),
+                     "fact_in_prompt": contains_answer(" ".join(s["excerpt"] for s in sources), q["answers"]),
                      "cited": sorted({int(n) for n in re.findall(r"\[(\d+)\]", with_rag)}),
-                     "sources": [f"{Path(s['source']).name}#{s['ordinal']}" for s in sources]})
+                     "sources": [{"source": Path(s["source"]).name, "ordinal": s["ordinal"], "page": s["page"],
+                                 "score": round(s["score"], 4), "excerpt": s["excerpt"]} for s in sources]})
         print(f"  {number}/{len(questions)} rag={'ok' if rows[-1]['rag_correct'] else '--'} "
               f"plain={'ok' if rows[-1]['plain_correct'] else '--'}  {q['question']}", file=sys.stderr, flush=True)
     return rows
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--chunk-overlap", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-sentences", type=int, default=1,
+                        help="rag.prompt_sentences: sentences of the passages shown to the model (0: whole passages)")
     parser.add_argument("--no-answers", action="store_true", help="retrieval only (no language model)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "rag_results.json")
     args = parser.parse_args()
@@ -104,11 +109,13 @@ def main() -> None:
 
     questions = load_questions(args.questions)
     results: dict = {"settings": {"top_k": args.top_k, "chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap,
+                                  "prompt_sentences": args.prompt_sentences,
                                   "max_new_tokens": args.max_new_tokens, "questions": len(questions),
-                                  "answer_path": "engine._rag_messages + engine.chat(temperature=0)"}}
+                                  "answer_path": "engine.query(question, use_rag=True|False, temperature=0)"}}
     with tempfile.TemporaryDirectory(prefix="adaptrix-rag-eval-") as data_dir:
         engine = ModularAdaptrixEngine(config={"rag": {"data_dir": data_dir, "chunk_size": args.chunk_size,
-                                                       "chunk_overlap": args.chunk_overlap}})
+                                                       "chunk_overlap": args.chunk_overlap,
+                                                       "prompt_sentences": args.prompt_sentences or None}})
         report = engine.add_documents(args.corpus)
         if report.failed:
             raise SystemExit(f"could not index the corpus: {report.failed}")
@@ -130,6 +137,7 @@ def main() -> None:
             answers = evaluate_answers(engine, questions, args.top_k, args.max_new_tokens)
             results["answers"] = {"model": engine.get_model_info()["base_model"], "rag_correct": share(answers, "rag_correct"),
                                   "plain_correct": share(answers, "plain_correct"),
+                                  "fact_in_prompt": share(answers, "fact_in_prompt"),
                                   "rag_citing": sum(bool(a["cited"]) for a in answers) / len(answers),
                                   "seconds": round(time.perf_counter() - started, 1), "per_question": answers}
             engine.cleanup()
@@ -157,6 +165,7 @@ def print_table(results: dict, top_k: int) -> None:
         a = results["answers"]
         table.add_row("answers with the fact, with RAG", f"{a['rag_correct']:.1%}", ">= 60%")
         table.add_row("answers with the fact, without RAG", f"{a['plain_correct']:.1%}", "near 0%")
+        table.add_row("RAG prompts holding the fact", f"{a['fact_in_prompt']:.1%}", "")
         table.add_row("RAG answers citing a passage", f"{a['rag_citing']:.1%}", "")
     Console().print(table)
 

@@ -191,6 +191,27 @@ class IndexStore:
                  "page": rows[i]["page"], "start": rows[i]["start"], "end": rows[i]["end"], "score": score,
                  "text": rows[i]["text"]} for score, i in zip(scores, ids)]
 
+    def span(self, doc_id: str, start: int, end: int) -> tuple[int, str]:
+        """(offset, text) of document ``doc_id``'s extracted text around [start, end), stitched from its chunks.
+
+        Chunks overlap, so together they hold the whole text except the blank lines between PDF pages,
+        which come back as spaces. Used to widen a passage to whole sentences.
+        """
+        opened = self._read()
+        if opened is None:
+            return start, ""
+        conn, meta = opened
+        with closing(conn):
+            rows = conn.execute('SELECT start, "end", text FROM chunks WHERE doc_id = ? AND "end" > ? AND start < ? '
+                                "ORDER BY start", (doc_id, start, end)).fetchall() if meta else []
+        if not rows:
+            return start, ""
+        first = rows[0]["start"]
+        buffer = [" "] * (max(r["end"] for r in rows) - first)
+        for row in rows:
+            buffer[row["start"] - first:row["end"] - first] = row["text"]
+        return first, "".join(buffer)
+
     def stats(self) -> dict[str, Any]:
         """Counts, generation, layout and file sizes of the committed state."""
         meta = self.check()
