@@ -10,7 +10,8 @@ from adaptrix_core.errors import InvalidGenerationParameterError, InvalidPromptE
 from adaptrix_core.families import ModelFamily
 from adaptrix_core.types import SamplingParams
 
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "task_type", "enable_thinking")
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "task_type", "enable_thinking",
+                   "ignore_eos")
 ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 16
 
@@ -76,6 +77,9 @@ def resolve_sampling(
     seed = values["seed"]
     if seed is not None:
         _number("seed", seed, int)
+    ignore_eos = gen.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise InvalidGenerationParameterError(f"ignore_eos must be true or false, got {ignore_eos!r}.")
     return SamplingParams(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -84,6 +88,7 @@ def resolve_sampling(
         stop=_stop_strings(gen.get("stop")),
         end_tokens=family.chat.end_of_turn_tokens,
         max_context=max_context,
+        ignore_eos=ignore_eos,
     )
 
 

@@ -17,6 +17,8 @@ class SamplingParams:
     ``temperature == 0`` means greedy decoding. ``stop`` holds stop strings (generation ends at the
     first, which is not part of the returned text); ``end_tokens`` are extra token strings that end
     a turn (the family's end-of-turn tokens). ``max_context`` is the window the prompt must fit in.
+    ``ignore_eos`` makes every answer exactly ``max_new_tokens`` tokens long (end-of-sequence tokens
+    are suppressed; stop strings still apply), for throughput measurements.
     """
 
     max_new_tokens: int
@@ -26,6 +28,7 @@ class SamplingParams:
     stop: tuple[str, ...]
     end_tokens: tuple[str, ...]
     max_context: int
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:

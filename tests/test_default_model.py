@@ -53,6 +53,17 @@ def test_batch_equals_single_prompts(default_engine):
     assert batch == [default_engine.generate(p, temperature=0, max_new_tokens=16) for p in prompts]
 
 
+def test_ignore_eos_generates_exactly_max_new_tokens(default_engine):
+    prompt = "What is the capital of France?"
+    natural = default_engine.query(prompt, temperature=0, max_new_tokens=24)
+    forced = default_engine.query(prompt, temperature=0, max_new_tokens=24, ignore_eos=True)
+    assert natural.finish_reason == "stop" and natural.completion_tokens < 24
+    assert forced.finish_reason == "length" and forced.completion_tokens == 24
+    assert forced.text.startswith(natural.text) and len(forced.text) > len(natural.text)
+    batch = default_engine.generate_batch([prompt, "Name a fruit."], temperature=0, max_new_tokens=24, ignore_eos=True)
+    assert batch[0] == forced.text
+
+
 def test_seeded_sampling_is_reproducible(default_engine):
     first = default_engine.generate("Tell me a fun fact.", temperature=0.9, seed=7, max_new_tokens=16)
     second = default_engine.generate("Tell me a fun fact.", temperature=0.9, seed=7, max_new_tokens=16)

@@ -96,6 +96,7 @@ def test_unknown_device_name(tiny_model_dir):
         ({"seed": 1.5}, "seed must be an integer"),
         ({"task_type": "poetry"}, "Unknown task_type 'poetry'"),
         ({"stop": [""]}, "stop must be"),
+        ({"ignore_eos": "yes"}, "ignore_eos must be true or false"),
     ],
 )
 def test_bad_generation_arguments(engine, gen, message):

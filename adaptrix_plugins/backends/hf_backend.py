@@ -172,6 +172,8 @@ class HFBackend:
             "use_cache": True,
             "do_sample": not params.greedy,
         }
+        if params.ignore_eos:
+            options["min_new_tokens"] = options["max_new_tokens"]
         if not params.greedy:
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.stop:
