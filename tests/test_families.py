@@ -361,3 +361,13 @@ def test_adapter_folder_metadata_is_checked(engines, tmp_path):
         "Layer indices [7] are out of range: this model has layers 0..1.",
         "The adapter was made for the qwen family; this model is generic.",
     ]
+
+
+#: Tiny models with fewer K/V heads than query heads, ``sdpa`` attention and transformers' attention
+#: interface (StableLM's attention does not use it; the tiny Qwen2-MoE has as many K/V heads as heads).
+GROUPED_SDPA = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "phi", "phi3", "gemma", "gemma2", "gemma3_text"}
+
+
+def test_grouped_query_models_use_the_unexpanded_kv_attention_on_cpu(engine, kind):
+    attention = engine.get_model_info()["attention"]
+    assert (attention == "adaptrix_sdpa_gqa") == (kind in GROUPED_SDPA)

@@ -398,3 +398,19 @@ def test_default_model_answers_a_handbook_question_with_rag(default_engine, tmp_
     assert "Deckhand" not in plain.text and plain.sources == []
     # The passage that holds the fact is among the 4 retrieved (the recall@4 criterion of the issue).
     assert any(source["source"].endswith("06_onboarding_and_training.txt") for source in result.sources)
+
+
+@pytest.mark.parametrize("k", [1, 5, 600])
+def test_flat_search_ranks_like_faiss(k):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(500, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = rng.permutation(10_000)[:500] + 1
+    index = vec.build("flat", 32, ids, vectors)
+    vec.remove(index, "flat", ids[:7])
+    query = vectors[42] + 0.1 * rng.normal(size=32).astype(np.float32)
+    scores, found = vec.search(index, query, k)
+    expected_scores, expected_ids = index.search(query.reshape(1, -1), min(k, index.ntotal))
+    assert found == [int(i) for i in expected_ids[0]] and len(found) == min(k, 493)
+    assert np.allclose(scores, expected_scores[0], atol=1e-5) and scores == sorted(scores, reverse=True)
+    assert not set(found) & set(int(i) for i in ids[:7])

@@ -81,7 +81,7 @@ class HFBackend:
             device=str(self.device),
             num_parameters=sum(p.numel() for p in self.model.parameters()),
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-            extra={"weights_path": str(weights_path)},
+            extra={"weights_path": str(weights_path), "attention": config._attn_implementation},
         )
         return self._description
 

@@ -14,6 +14,8 @@ import torch
 
 from adaptrix_core.errors import DeviceNotAvailableError, ModelLoadError
 from adaptrix_core.model_source import ModelSource
+from adaptrix_plugins.backends.hf_attention import NAME as GQA_ATTENTION
+from adaptrix_plugins.backends.hf_attention import use_gqa_attention
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,8 @@ def load_model_and_tokenizer(source: ModelSource, device: torch.device, dtype: t
             log.warning("Could not cache the converted GGUF model in %s (%s); the next start converts again.", convert_to, exc)
     model.to(device=device, dtype=dtype)
     model.eval()
+    if use_gqa_attention(model, device):
+        log.debug("Using %s attention (grouped K/V heads stay unexpanded in padded batches).", GQA_ATTENTION)
     weights_path = convert_to if convert_to is not None and (convert_to / _COMPLETE_MARKER).is_file() else folder
     return tokenizer, model, weights_path
 
