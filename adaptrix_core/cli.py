@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+
 import functools
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import click
@@ -50,6 +51,7 @@ class EngineOptions:
     backend: str | None
     config_path: str | None
     adapters_dir: str | None
+    data_dir: str | None = None
 
     def config(self):
         from adaptrix_core.config import load_config
@@ -57,6 +59,7 @@ class EngineOptions:
         return load_config(path=self.config_path, overrides={
             "model": {"model_id": self.model_id, "device": self.device, "backend": self.backend},
             "adapters": {"directory": self.adapters_dir},
+            "rag": {"data_dir": self.data_dir},
         })
 
     def engine(self, router: str | None = None):
@@ -136,12 +139,15 @@ def parse_adapter_option(value: str | None) -> Any:
 @click.option("--stream/--no-stream", default=False, help="Print the answer as it is generated.")
 @click.option("--rag", is_flag=True, help="Answer from the document index (adaptrix index add ...), citing sources.")
 @click.option("--top-k", type=int, help="Passages retrieved with --rag (default: rag.top_k).")
+@click.option("--data-dir", help="Index folder for --rag (default: rag.data_dir, ./rag_index).")
 @json_option
 @handle_errors
 def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens, temperature, top_p, seed, stop, task_type,
-          stream, rag, top_k, as_json) -> None:
+          stream, rag, top_k, data_dir, as_json) -> None:
     """Answer PROMPT with the model (and the active adapters, or --adapter)."""
     from adaptrix_core.cli_state import active_adapters_for
+
+    opts = replace(opts, data_dir=data_dir)
 
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
            "stop": list(stop) or None, "task_type": task_type}

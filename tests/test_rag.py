@@ -414,3 +414,20 @@ def test_flat_search_ranks_like_faiss(k):
     assert found == [int(i) for i in expected_ids[0]] and len(found) == min(k, 493)
     assert np.allclose(scores, expected_scores[0], atol=1e-5) and scores == sorted(scores, reverse=True)
     assert not set(found) & set(int(i) for i in ids[:7])
+
+
+@pytest.mark.slow
+def test_cli_query_rag_answers_from_the_index_in_data_dir(tmp_path):
+    from click.testing import CliRunner
+
+    import adaptrix_core.cli_index  # noqa: F401  (registers the group)
+    from adaptrix_core.cli import cli
+
+    runner, where = CliRunner(), ["--data-dir", str(tmp_path / "index")]
+    assert runner.invoke(cli, ["index", "add", str(CORPUS / "06_onboarding_and_training.txt"), "--json", *where]).exit_code == 0
+    result = runner.invoke(cli, ["query", "What is the mandatory safety course for new employees called?", "--rag",
+                                 "--temperature", "0", "--max-new-tokens", "32", "--json", *where])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert "Deckhand 101" in answer["text"]
+    assert answer["sources"][0]["citation"] == 1 and answer["sources"][0]["source"].endswith("06_onboarding_and_training.txt")
