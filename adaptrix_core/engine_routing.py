@@ -45,10 +45,12 @@ class RoutingMixin:
             raise ConfigError("No router is configured: pass router='keyword', 'semantic', 'classifier' or 'hybrid'.")
         if name not in self._routers:
             registry = self._registry_or_collect()
-            if name not in registry.routers:
+            try:
+                factory = registry.factory("routers", name)
+            except KeyError:
                 raise ConfigError(f"Router {name!r} is not registered. Registered routers: "
-                                  f"{', '.join(sorted(registry.routers)) or 'none'}.")
-            self._routers[name] = registry.routers[name](self.config.router, self._resources())
+                                  f"{', '.join(sorted(registry.routers)) or 'none'}.") from None
+            self._routers[name] = factory(self.config.router, self._resources())
         return self._routers[name]
 
     def _registry_or_collect(self):

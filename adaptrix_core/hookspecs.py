@@ -2,7 +2,8 @@
 
 A plugin is a module (or object) with functions decorated by ``adaptrix_core.hookimpl`` whose
 names match the specs below; it is found through the ``adaptrix`` entry-point group. Each hook
-receives a ``register`` callback and calls it once per thing it provides.
+receives a ``register`` callback and calls it once per thing it provides; ``register_commands``
+receives the click group instead, as in ``llm`` and ``datasette``.
 """
 
 from pluggy import HookimplMarker, HookspecMarker
@@ -24,3 +25,8 @@ def register_backends(register):
 @hookspec
 def register_routers(register):
     """Register adapter routers: call ``register(name, factory)``; ``factory(settings, resources)`` returns a ``Router``."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add CLI commands: call ``cli.add_command(command)`` on the ``adaptrix`` click group ``cli``."""

@@ -41,12 +41,27 @@ def _allow_list() -> set[str] | None:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
+BUILTIN_PACKAGE = "adaptrix_plugins"
+
+
+def is_builtin_plugin(plugin: object) -> bool:
+    """True for the plugins shipped with Adaptrix (modules of the ``adaptrix_plugins`` package)."""
+    module = getattr(plugin, "__name__", None) or type(plugin).__module__
+    return module == BUILTIN_PACKAGE or module.startswith(BUILTIN_PACKAGE + ".")
+
+
+def _load_order(entry_point) -> tuple[bool, str]:
+    """Built-ins first, then the rest by name: precedence never depends on discovery order."""
+    module = entry_point.value.split(":")[0]
+    return (not (module == BUILTIN_PACKAGE or module.startswith(BUILTIN_PACKAGE + ".")), entry_point.name)
+
+
 def _build_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
     allowed = _allow_list()
     failures: list[PluginLoadFailure] = []
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_load_order):
         if allowed is not None and entry_point.name not in allowed:
             continue
         if manager.get_plugin(entry_point.name) is not None:

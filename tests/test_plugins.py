@@ -134,10 +134,63 @@ class _DuplicateFamily:
         register("not a family")
 
 
-def test_duplicate_and_invalid_registrations_are_problems_first_wins(plugin_sandbox):
+def test_third_party_registration_overrides_builtin_with_a_warning(plugin_sandbox, caplog):
     manager = get_plugin_manager()
     manager.register(_DuplicateFamily(), name="duplicate_family")
-    registry = collect(manager)
-    assert registry.provided_by["families"]["llama"] == "family_llama"
-    assert any("already registered by 'family_llama'" in p for p in registry.problems)
+    with caplog.at_level("WARNING", logger="adaptrix.plugins"):
+        registry = collect(manager)
+    assert registry.provided_by["families"]["llama"] == "duplicate_family"
+    assert registry.families["llama"].model_types == ("nothing",)
+    assert registry.overrides == [{"kind": "family", "name": "llama", "winner": "duplicate_family", "loser": "family_llama"}]
+    assert "overrides family 'llama' registered by 'family_llama'" in caplog.text
     assert any("expects a ModelFamily" in p for p in registry.problems)
+    report = {entry["name"]: entry for entry in registry.plugins_report(manager)}
+    assert report["family_llama"]["overridden"] == ["family llama (by duplicate_family)"]
+    assert report["duplicate_family"]["families"] == ["llama"]
+
+
+def _family_plugin(label: str):
+    class Plugin:
+        @hookimpl
+        def register_model_families(self, register):
+            register(ModelFamily(name="shared", model_types=(label,)))
+
+    return Plugin()
+
+
+@pytest.mark.parametrize("registration_order", [("zeta", "alpha"), ("alpha", "zeta")])
+def test_precedence_never_depends_on_discovery_order(plugin_sandbox, registration_order):
+    manager = get_plugin_manager()
+    for name in registration_order:
+        manager.register(_family_plugin(name), name=f"{name}_plugin")
+    registry = collect(manager)
+    # Built-ins first, then third-party plugins by name: the last one by name wins.
+    assert registry.provided_by["families"]["shared"] == "zeta_plugin"
+    assert registry.families["shared"].model_types == ("zeta",)
+    assert [o["winner"] for o in registry.overrides] == ["zeta_plugin"]
+
+
+class _WrongRouter:
+    name = "wrong"
+
+    def __init__(self):  # a router factory must accept (settings, resources)
+        pass
+
+
+class _WrongRouterPlugin:
+    @hookimpl
+    def register_routers(self, register):
+        register("wrong", _WrongRouter)
+
+
+def test_router_factory_with_wrong_signature_fails_at_plugin_load(plugin_sandbox, tmp_path):
+    from adaptrix_core.errors import PluginError
+
+    manager = get_plugin_manager()
+    manager.register(_WrongRouterPlugin(), name="wrong_router")
+    registry = collect(manager)
+    assert "wrong" not in registry.routers
+    assert any("must accept (settings, resources)" in p for p in registry.problems)
+    engine = ModularAdaptrixEngine(adapters_dir=str(tmp_path), router="wrong")
+    with pytest.raises(PluginError, match="'wrong_router' registered router 'wrong' wrongly"):
+        engine.route("hello")
