@@ -40,6 +40,15 @@ class PluginError(AdaptrixError, RuntimeError):
     """A plugin failed to load or registered something invalid."""
 
 
+class BackendCapabilityError(AdaptrixError, RuntimeError):
+    """The loaded backend lacks a capability the call needs (LoRA adapters, training, mixed batches, ...)."""
+
+    def __init__(self, backend: str, capability: str, hint: str = ""):
+        self.backend = backend
+        self.capability = capability
+        super().__init__(f"The {backend!r} backend does not support {capability}." + (f" {hint}" if hint else ""))
+
+
 class InvalidGenerationParameterError(AdaptrixError, ValueError):
     """A generation argument (max_new_tokens, temperature, task_type, ...) is unknown or out of range."""
 
