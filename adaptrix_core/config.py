@@ -9,6 +9,7 @@ arguments). Nested fields are reached in the environment with a double underscor
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -93,10 +94,6 @@ class RouterSettings(_Section):
     keywords: dict[str, list[str]] = Field(
         default_factory=dict, description="Extra routing keywords per adapter name (added to its metadata's)."
     )
-    hybrid_weights: dict[str, float] = Field(
-        default_factory=lambda: {"keyword": 0.2, "semantic": 0.3, "classifier": 0.5},
-        description="Weight of each router's scores in the hybrid router.",
-    )
     embedding_model: str | None = Field(
         None, description="Sentence-transformers folder for embeddings; None: bundled all-MiniLM-L6-v2."
     )
@@ -150,6 +147,11 @@ class AdaptrixConfig(_Section):
     adapters: AdapterSettings = Field(default_factory=AdapterSettings, description="Adapter store.")
     router: RouterSettings = Field(default_factory=RouterSettings, description="Adapter routing.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Document index and retrieval (RAG).")
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings of individual plugins by name, each validated by the plugin's own model when "
+        "it is used, e.g. plugins: {hybrid: {weights: {keyword: 0.2, semantic: 0.3, classifier: 0.5}}}.",
+    )
     cache_dir: str = Field(
         "~/.cache/adaptrix",
         description="Where converted models (GGUF to safetensors) and other derived files are kept.",
@@ -242,11 +244,31 @@ def load_config(
     data = _deep_merge(_read_yaml(path) if path else {}, data or {})
     data = _deep_merge(data, _env_overrides(environ))
     data = _deep_merge(data, _drop_none(overrides or {}))
+    data = _migrate_moved_keys(data)
     origin = f"file {str(path)!r}, environment and arguments" if path else "environment and arguments"
     try:
         return AdaptrixConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_validation_message(exc, origin)) from None
+
+
+#: Keys that moved from the core sections into a plugin's own settings: (section, key) -> (plugin, key).
+MOVED_KEYS = {("router", "hybrid_weights"): ("hybrid", "weights")}
+
+
+def _migrate_moved_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept keys that moved into ``plugins.<name>`` at their old place, with a warning."""
+    for (section, key), (plugin, new_key) in MOVED_KEYS.items():
+        values = data.get(section)
+        if isinstance(values, dict) and key in values:
+            values = dict(values)
+            moved = values.pop(key)
+            plugins = dict(data.get("plugins") or {})
+            plugins[plugin] = {new_key: moved, **dict(plugins.get(plugin) or {})}
+            data = {**data, section: values, "plugins": plugins}
+            logging.getLogger("adaptrix.config").warning(
+                "%s.%s moved to plugins.%s.%s; please update your configuration", section, key, plugin, new_key)
+    return data
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

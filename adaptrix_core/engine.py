@@ -10,7 +10,6 @@ from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
 from adaptrix_core.engine_rag import RagMixin
-from adaptrix_core.engine_routing import RoutingMixin
 from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
     BackendNotFoundError,
@@ -34,10 +33,11 @@ from adaptrix_core.generation import (
 from adaptrix_core.model_source import ModelSource, resolve_model
 from adaptrix_core.protocols import BaseModelInterface
 from adaptrix_core.registry import Registry, collect
+from adaptrix_core.routing.service import RouterService
 from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
 
 
-class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, RagMixin):
+class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
@@ -76,8 +76,11 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, Ra
         self._source: ModelSource | None = None
         self._registry: Registry | None = None
         self._closed = False
+        if router is not None:
+            self.config = self.config.model_copy(update={"router": self.config.router.model_copy(update={"name": router})})
         self._init_adapters()
-        self._init_routing(router)
+        self.routing = RouterService(self.config.router, self.adapter_manager, self._plugin_registry,
+                                     self._load_embedder, self.config.plugins)
         self._init_rag()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -88,7 +91,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, Ra
                 raise EngineClosedError("This engine was cleaned up; create a new ModularAdaptrixEngine.")
             if self._backend is not None:
                 return self
-            registry = collect()
+            registry = self._plugin_registry()
             name = self.config.model.backend
             if name not in registry.backends:
                 raise BackendNotFoundError(
@@ -123,6 +126,16 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, Ra
 
     def __exit__(self, *exc_info: Any) -> None:
         self.cleanup()
+
+    def _plugin_registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = collect()
+        return self._registry
+
+    def _load_embedder(self):
+        from adaptrix_core.embeddings import get_embedder
+
+        return get_embedder(self.config.router.embedding_model)
 
     def _ready(self) -> BaseModelInterface:
         if self._backend is None:
@@ -182,6 +195,32 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, Ra
             adapter_config, self._family, self._description.num_layers, backend.module_names(),
             (self._source.canonical_id, self.model_id, self._source.gguf_file or ""),
         )
+
+    # -- routing (see RouterService) --------------------------------------------------------------
+    @property
+    def embedder(self):
+        """The shared sentence-embedding model (loaded on first use; RAG and routers use the same one)."""
+        return self._load_embedder()
+
+    def get_router(self, name: str | None = None):
+        """The router plugin ``name`` (default: the configured one), built once per engine."""
+        return self.routing.get_router(name)
+
+    def routing_candidates(self):
+        """Cards of every valid adapter in the store (refreshed when an adapter's metadata changes)."""
+        return self.routing.candidates()
+
+    def route(self, prompt: str, router: str | None = None):
+        """Which adapter(s) ``router`` picks for ``prompt``, with every candidate's score."""
+        return self.routing.route(prompt, router)
+
+    def fit_router(self, router: str | None = None, data: Any = None) -> dict[str, Any]:
+        """Train the classifier / calibrate semantic thresholds (see ``RouterService.fit``)."""
+        return self.routing.fit(router, data)
+
+    def evaluate_router(self, data: Any, router: str | None = None) -> dict[str, Any]:
+        """Accuracy, macro-F1, confusion matrix and latency of a router on labelled prompts."""
+        return self.routing.evaluate(data, router)
 
     # -- prompts -------------------------------------------------------------------------------
     def _uses_chat_template(self) -> bool:

@@ -238,7 +238,7 @@ class AdapterServingMixin:
         """Replace ``"auto"`` by the router's selection for ``prompt``; return (spec, decision dict)."""
         if not (isinstance(spec, str) and spec == "auto"):
             return spec, None
-        from adaptrix_core.routing import decision_dict
+        from adaptrix_core.routing.selection import decision_dict
 
         if not self.config.router.name:
             raise InvalidGenerationParameterError(

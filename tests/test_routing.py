@@ -13,7 +13,7 @@ from adaptrix_core.config import RouterSettings
 from adaptrix_core.errors import ConfigError, InvalidGenerationParameterError
 from adaptrix_core.plugins import get_plugin_manager, reload_plugins
 from adaptrix_core.protocols import RoutingDecision
-from adaptrix_core.routing import AdapterCard, RouterResources, select
+from adaptrix_core.routing.selection import AdapterCard, RouterResources, select
 from adaptrix_plugins.routers.keyword import KeywordRouter
 
 WEATHER = AdapterCard("weather", "Answers questions about the weather forecast, rain, temperature and wind.",
@@ -109,8 +109,14 @@ def test_hybrid_combines_members(resources):
     decision = router.route("Is rain in the forecast for Saturday?", CARDS)
     assert decision.selected == {"weather": 1.0}
     assert set(decision.details["members"]) == {"keyword", "semantic", "classifier"}
+    only_itself = RouterResources(resources.embedder_loader, resources.state_dir, make_router=hybrid_resources.make_router,
+                                  options={"weights": {"hybrid": 1.0}})
     with pytest.raises(ConfigError):
-        HybridRouter(RouterSettings(hybrid_weights={"hybrid": 1.0}), hybrid_resources)
+        HybridRouter(settings, only_itself)
+    wrong_type = RouterResources(resources.embedder_loader, resources.state_dir, make_router=hybrid_resources.make_router,
+                                 options={"weights": "heavy"})
+    with pytest.raises(ConfigError, match="plugins.hybrid.weights"):
+        HybridRouter(settings, wrong_type)
 
 
 # -- through the engine -----------------------------------------------------------------------------

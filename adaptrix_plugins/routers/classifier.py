@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from adaptrix_core import hookimpl
 from adaptrix_core.config import RouterSettings
 from adaptrix_core.protocols import RoutingDecision
-from adaptrix_core.routing import (
+from adaptrix_core.routing.selection import (
     BASE_LABEL,
     AdapterCard,
     RouterResources,

@@ -2,20 +2,39 @@
 
 Each member's score is first put on a common scale relative to that member's own threshold
 (``min(1, score / (2 * threshold))``, so 0.5 means "exactly at threshold"); the hybrid score is the
-weighted mean, selected at 0.5 unless configured otherwise.
+weighted mean, selected at 0.5 unless configured otherwise. Its settings live in ``plugins.hybrid``
+(:class:`HybridSettings`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from adaptrix_core import hookimpl
-from adaptrix_core.config import RouterSettings
-from adaptrix_core.errors import ConfigError
-from adaptrix_core.protocols import RoutingDecision
-from adaptrix_core.routing import AdapterCard, RouterResources, default_thresholds, select
+from pydantic import BaseModel, ConfigDict, Field
+
+from adaptrix_core.plugin import (
+    AdapterCard,
+    ConfigError,
+    RouterResources,
+    RouterSettings,
+    RoutingDecision,
+    default_thresholds,
+    hookimpl,
+    select,
+)
 
 DEFAULT_THRESHOLD = 0.5
+
+
+class HybridSettings(BaseModel):
+    """``plugins.hybrid`` in the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"keyword": 0.2, "semantic": 0.3, "classifier": 0.5},
+        description="Weight of each member router's scores in the hybrid score.",
+    )
 
 
 class HybridRouter:
@@ -24,9 +43,10 @@ class HybridRouter:
     name = "hybrid"
 
     def __init__(self, settings: RouterSettings, resources: RouterResources):
-        weights = {name: float(w) for name, w in settings.hybrid_weights.items() if w > 0 and name != self.name}
+        own = resources.plugin_settings(self.name, HybridSettings)
+        weights = {name: float(w) for name, w in own.weights.items() if w > 0 and name != self.name}
         if not weights or resources.make_router is None:
-            raise ConfigError("The hybrid router needs router.hybrid_weights naming at least one other router.")
+            raise ConfigError("The hybrid router needs plugins.hybrid.weights naming at least one other router.")
         self.settings = settings
         self.weights = weights
         self.members = {name: resources.make_router(name) for name in weights}

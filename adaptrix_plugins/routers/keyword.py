@@ -14,7 +14,7 @@ from typing import Sequence
 from adaptrix_core import hookimpl
 from adaptrix_core.config import RouterSettings
 from adaptrix_core.protocols import RoutingDecision
-from adaptrix_core.routing import AdapterCard, RouterResources, default_thresholds, select
+from adaptrix_core.routing.selection import AdapterCard, RouterResources, default_thresholds, select
 
 DEFAULT_THRESHOLD = 0.6
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from adaptrix_core import hookimpl
 from adaptrix_core.config import RouterSettings
 from adaptrix_core.protocols import RoutingDecision
-from adaptrix_core.routing import (
+from adaptrix_core.routing.selection import (
     AdapterCard,
     RouterResources,
     candidates_fingerprint,

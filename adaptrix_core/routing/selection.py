@@ -14,9 +14,13 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from adaptrix_core.config import RouterSettings
+from adaptrix_core.errors import ConfigError
+from adaptrix_core.jsonio import write_json_atomic
 from adaptrix_core.protocols import RoutingDecision
 
 BASE_LABEL = "base"
@@ -54,11 +58,13 @@ def candidates_fingerprint(candidates: Sequence[AdapterCard]) -> str:
 
 @dataclass
 class RouterResources:
-    """What the engine lends routers: the shared embedder (loaded on first use) and a state folder."""
+    """What the engine lends routers: the shared embedder (loaded on first use), a state folder, a way
+    to build other routers (for ensembles) and the router's own settings from ``plugins.<name>``."""
 
     embedder_loader: Callable[[], Any]
     state_dir: Path
     make_router: Callable[[str], Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
     _embedder: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -68,6 +74,22 @@ class RouterResources:
             if self._embedder is None:
                 self._embedder = self.embedder_loader()
             return self._embedder
+
+    def plugin_settings(self, name: str, model: type[SettingsT]) -> SettingsT:
+        """``plugins.<name>`` from the config, validated by the plugin's own pydantic ``model``."""
+        return validate_plugin_settings(name, model, self.options)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def validate_plugin_settings(name: str, model: type[SettingsT], options: Mapping[str, Any]) -> SettingsT:
+    """Validate a plugin's settings; a bad value is a ``ConfigError`` naming ``plugins.<name>.<field>``."""
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        problems = "; ".join(f"plugins.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid settings for plugin {name!r}: {problems}.") from None
 
 
 def select(router: str, scores: Mapping[str, float], thresholds: Mapping[str, float], settings: RouterSettings,
@@ -111,16 +133,8 @@ def read_state(path: Path) -> dict[str, Any] | None:
 
 
 def write_state(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON state atomically."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2)
-    os.chmod(temporary, 0o644)  # mkstemp files are private; router state is shared like the adapters
-    os.replace(temporary, path)
+    """Write a router's JSON state atomically (readable by everyone, like the adapters)."""
+    write_json_atomic(path, dict(data))
 
 
 _SENTENCE_END = re.compile(r"(?<=[.?!:])\s+")
@@ -152,5 +166,5 @@ def labelled_examples(candidates: Sequence[AdapterCard], off_topic: Sequence[str
 
 def off_topic_prompts() -> list[str]:
     """Prompts no adapter serves (general chat, knowledge, code...), shipped with Adaptrix."""
-    path = Path(__file__).with_name("data") / "off_topic_prompts.txt"
+    path = Path(__file__).with_name("data") / "off_topic_prompts.txt"  # shipped as package data
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
