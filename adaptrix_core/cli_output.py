@@ -9,6 +9,7 @@ rewrites the known ones into its flags (``overwrite=True`` -> ``--overwrite``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -38,8 +39,13 @@ FLAG_NAMES = {
     "learning_rate": "--lr", "target_modules": "--target-modules", "model_id": "--model",
     "files_only": "--files-only", "ignore_eos": "--ignore-eos",
 }
-_FLAG_PATTERN = re.compile(r"(?<![\w.\-'\"])(" + "|".join(FLAG_NAMES) + r")(?![\w])")
-_OVERWRITE_PATTERN = re.compile(r"(?<![\w.\-])overwrite=True\b")
+_FLAG_PATTERN = re.compile(r"(?<![\w.\-'\"/\\])(" + "|".join(FLAG_NAMES) + r")(?![\w/\\])")
+#: Python call syntax in engine messages and what a CLI user types instead.
+_PHRASES = (
+    (re.compile(r"(?<![\w.\-])overwrite=True\b"), "--overwrite"),
+    (re.compile(r"(?<![\w.\-])model_id='([^']*)'"), r"--model \1"),
+    (re.compile(r" \(or the conversation: engine\.reset_context\(\)\)"), ""),
+)
 
 
 @dataclass
@@ -77,6 +83,7 @@ def configure(verbose: bool, quiet: bool) -> Callable[[], None]:
     root.setLevel(logging.INFO)
     from transformers.utils import logging as transformers_logging
 
+    previous_verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_info()
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
@@ -86,7 +93,7 @@ def configure(verbose: bool, quiet: bool) -> Callable[[], None]:
         root.setLevel(previous_level)
         transformers_logging.disable_propagation()
         transformers_logging.enable_default_handler()
-        transformers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity(previous_verbosity)
 
     return undo
 
@@ -121,7 +128,8 @@ def emit_json(data: Any) -> None:
 
 def cli_terms(message: str) -> str:
     """Name CLI flags instead of Python parameters: ``overwrite=True`` -> ``--overwrite``."""
-    message = _OVERWRITE_PATTERN.sub("--overwrite", message)
+    for pattern, replacement in _PHRASES:
+        message = pattern.sub(replacement, message)
     return _FLAG_PATTERN.sub(lambda match: FLAG_NAMES[match.group(1)], message)
 
 
@@ -210,6 +218,8 @@ def handle_errors(command: Callable) -> Callable:
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except (Exception, KeyboardInterrupt) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                raise  # the reader went away (``| head``): click exits quietly
             sys.exit(report(exc, bool(kwargs.get("as_json"))))
 
     return wrapper

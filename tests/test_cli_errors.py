@@ -116,6 +116,45 @@ def test_query_engine_errors_name_cli_flags(paths, tiny_model_dir):
     assert "task_type" not in message
 
 
+def test_query_context_overflow_is_one_line(paths, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ADAPTRIX_MODEL__MAX_CONTEXT", "24")
+    message = check(["query", "hello world " * 40, *store(paths, str(tiny_model_dir("llama")))], 1, "ContextOverflowError",
+                    "context window holds 24 tokens")
+    assert "engine." not in message
+
+
+def test_messages_use_cli_terms_and_stay_on_one_line():
+    from pydantic import BaseModel, ValidationError
+
+    from adaptrix_core.cli_output import cli_terms, describe
+
+    assert cli_terms("Adapter 'x' already exists; pass overwrite=True to replace it.") == \
+        "Adapter 'x' already exists; pass --overwrite to replace it."
+    assert cli_terms("max_new_tokens must be at least 1; top_p, task_type, adapters_dir") == \
+        "--max-new-tokens must be at least 1; --top-p, --task-type, --adapters-dir"
+    assert cli_terms("use model_id='default'.") == "use --model default."
+    # config paths, quoted names and paths are left alone
+    assert cli_terms("rag.chunk_size: too small; no adapter 'top_k' in '/data/top_p'") == \
+        "rag.chunk_size: too small; no adapter 'top_k' in '/data/top_p'"
+
+    class Point(BaseModel):
+        x: int
+
+    try:
+        Point.model_validate({"x": "many"})
+    except ValidationError as exc:
+        name, message, status, internal = describe(exc)
+    assert (name, status, internal) == ("ValidationError", 1, False) and message.startswith("Invalid value: x:")
+    try:
+        json.loads("{oops")
+    except json.JSONDecodeError as exc:
+        name, message, status, internal = describe(exc)
+    assert (name, status, internal) == ("JSONDecodeError", 1, False) and message.startswith("Invalid JSON:")
+    assert describe(FileNotFoundError(2, "No such file or directory", "/x"))[1] == "No such file or directory: '/x'"
+    assert describe(KeyboardInterrupt())[1:3] == ("Interrupted", 130)
+    assert describe(RuntimeError("tensor a (3) must match"))[1:] == ("internal error (RuntimeError: tensor a (3) must match)", 1, True)
+
+
 # -- info, status, plugins ----------------------------------------------------------------------------
 
 def test_info_and_status(paths, tiny_model_dir):
