@@ -2,7 +2,8 @@
 
 They need the embedding model only (``add``, ``search``), never the language model. ``--data-dir``
 overrides ``rag.data_dir``; ``add`` shows a progress bar of the chunks embedded (on stderr, hidden
-with ``--json`` or ``adaptrix --quiet``) and exits with status 1 when any file failed, after committing the others.
+with ``--json`` or ``adaptrix --quiet``) and exits with status 1 when any file failed, after
+committing the others.
 """
 
 from __future__ import annotations
