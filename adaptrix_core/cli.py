@@ -4,42 +4,25 @@ from __future__ import annotations
 
 
 import functools
-import json
-import os
-import sys
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import click
 
-from adaptrix_core.errors import AdaptrixError
+from adaptrix_core import cli_params
+from adaptrix_core.cli_output import (  # noqa: F401  (the command modules import these names from here)
+    AdaptrixGroup,
+    configure,
+    console as _console,
+    emit_json as _emit_json,
+    handle_errors,
+    progress_disabled,
+    quiet_libraries as _quiet_libraries,
+    settings,
+)
 
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def handle_errors(command: Callable) -> Callable:
-    """Turn AdaptrixError into a one-line message (or a JSON error object) and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except AdaptrixError as exc:
-            if kwargs.get("as_json"):
-                _emit_json({"error": {"type": type(exc).__name__, "message": str(exc)}})
-            else:
-                _console(stderr=True).print(f"[bold red]Error:[/] {exc}", markup=True)
-            sys.exit(1)
-
-    return wrapper
+log = logging.getLogger("adaptrix_core.cli")
 
 
 @dataclass
@@ -56,6 +39,8 @@ class EngineOptions:
     def config(self):
         from adaptrix_core.config import load_config
 
+        cli_params.check_folder_option(self.adapters_dir, "--adapters-dir")
+        cli_params.check_folder_option(self.data_dir, "--data-dir")
         return load_config(path=self.config_path, overrides={
             "model": {"model_id": self.model_id, "device": self.device, "backend": self.backend},
             "adapters": {"directory": self.adapters_dir},
@@ -66,7 +51,10 @@ class EngineOptions:
         from adaptrix_core.engine import ModularAdaptrixEngine
 
         _quiet_libraries()
-        return ModularAdaptrixEngine(config=self.config(), router=router)
+        config = self.config()
+        log.info("model %s (device %s, backend %s), adapters in %s", config.model.model_id, config.model.device,
+                 config.model.backend, config.adapters.directory)
+        return ModularAdaptrixEngine(config=config, router=router)
 
 
 def model_options(command: Callable) -> Callable:
@@ -92,27 +80,34 @@ def json_option(command: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(command)
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (deprecation notes, legacy-tokenizer warnings) out of the CLI's output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-
-
-@click.group()
+@click.group(cls=AdaptrixGroup)
+@click.option("--verbose", "-v", is_flag=True, help="Show library logging (INFO) and the traceback of internal errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Hide progress bars and non-essential lines (results still print).")
 @click.version_option(package_name="adaptrix")
-def cli() -> None:
-    """Adaptrix: a small language model with many task-specific LoRA adapters."""
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Adaptrix: a small language model with many task-specific LoRA adapters.
+
+    Errors are printed as one line on stderr ("Error: ...") with a non-zero exit status (1; 2 for
+    usage errors; 130 when interrupted); with --json, stdout also gets {"error": {"type", "message"}}.
+    """
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet cannot be used together.", ctx=ctx)
+    ctx.call_on_close(configure(verbose, quiet))
 
 
 def parse_adapter_option(value: str | None) -> Any:
     """``--adapter`` values: a name, ``a,b`` (stacked), ``a=0.7,b=0.3`` (weighted), ``none`` or ``auto``."""
+    import math
+
     if value is None:
         return None
     if value.lower() == "none":
         return {}
     parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise click.BadParameter(f"{value!r} names no adapter; use a name, 'a,b', 'a=0.7,b=0.3', 'none' or 'auto'.",
+                                 param_hint="'--adapter'")
     if any("=" in part for part in parts):
         weights = {}
         for part in parts:
@@ -121,6 +116,8 @@ def parse_adapter_option(value: str | None) -> Any:
                 weights[name.strip()] = float(weight)
             except ValueError:
                 raise click.BadParameter(f"weight {weight!r} of adapter {name!r} is not a number", param_hint="--adapter")
+            if not math.isfinite(weights[name.strip()]):
+                raise click.BadParameter(f"weight {weight!r} of adapter {name!r} is not finite", param_hint="--adapter")
         return weights
     return parts[0] if len(parts) == 1 else parts
 
@@ -130,15 +127,15 @@ def parse_adapter_option(value: str | None) -> Any:
 @model_options
 @click.option("--adapter", "-a", help="Adapter name, 'a,b', 'a=0.7,b=0.3', 'none', or 'auto' (routing).")
 @click.option("--router", "router_name", help="Router for --adapter auto: keyword, semantic, classifier, hybrid.")
-@click.option("--max-new-tokens", type=int, help="Upper bound on generated tokens.")
-@click.option("--temperature", type=float, help="0 for greedy decoding.")
-@click.option("--top-p", type=float, help="Nucleus sampling mass in (0, 1].")
-@click.option("--seed", type=int, help="Seed for reproducible sampling.")
+@click.option("--max-new-tokens", type=cli_params.MAX_NEW_TOKENS_TYPE, help="Upper bound on generated tokens.")
+@click.option("--temperature", type=cli_params.TEMPERATURE, help="0 for greedy decoding (below 1e-5 counts as 0).")
+@click.option("--top-p", type=cli_params.TOP_P, help="Nucleus sampling mass in (0, 1].")
+@click.option("--seed", type=cli_params.SEED, help="Seed for reproducible sampling (0 to 2**63 - 1).")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--task-type", help="Preset: general, code, math, creative.")
 @click.option("--stream/--no-stream", default=False, help="Print the answer as it is generated.")
 @click.option("--rag", is_flag=True, help="Answer from the document index (adaptrix index add ...), citing sources.")
-@click.option("--top-k", type=int, help="Passages retrieved with --rag (default: rag.top_k).")
+@click.option("--top-k", type=cli_params.POSITIVE, help="Passages retrieved with --rag (default: rag.top_k).")
 @click.option("--data-dir", help="Index folder for --rag (default: rag.data_dir, ./rag_index).")
 @json_option
 @handle_errors
@@ -146,9 +143,13 @@ def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens
           stream, rag, top_k, data_dir, as_json) -> None:
     """Answer PROMPT with the model (and the active adapters, or --adapter)."""
     from adaptrix_core.cli_state import active_adapters_for
+    from adaptrix_core.generation import check_prompt
 
     opts = replace(opts, data_dir=data_dir)
-
+    check_prompt(prompt)
+    cli_params.check_texts(stop, "--stop")
+    if any(not s for s in stop):
+        raise click.BadParameter("a stop string cannot be empty.", param_hint="'--stop'")
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
            "stop": list(stop) or None, "task_type": task_type}
     gen = {k: v for k, v in gen.items() if v is not None}
@@ -159,6 +160,11 @@ def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens
     gen["adapter"] = chosen if chosen != {} else None
     if router_name and chosen is None:
         gen["adapter"] = "auto"
+    if gen["adapter"] == "auto" and not (router_name or config.router.name):
+        raise click.BadParameter("'auto' needs a router: add --router keyword, semantic, classifier or hybrid "
+                                 "(or set router.name in the config).", param_hint="'--adapter'")
+    cli_params.check_router_name(router_name)
+    cli_params.check_stored_adapters(config.adapters.directory, cli_params.adapter_names(gen["adapter"]))
     with opts.engine(router=router_name) as engine:
         if rag:
             result = engine.query(prompt, use_rag=True, top_k=top_k, **gen)
@@ -177,20 +183,25 @@ def _print_result(result: Any, as_json: bool) -> None:
     if as_json:
         _emit_json(result.model_dump())
         return
+    from rich.markup import escape
+
+    click.echo(result.text)  # the answer as generated: no wrapping, no markup
     console = _console()
-    console.print(result.text)
+    for number, source in enumerate(result.sources, start=1):
+        page = f" p.{source['page']}" if source.get("page") else ""
+        console.print(f"[green]\\[{number}][/] {escape(str(source.get('source') or source.get('document')))}{page} "
+                      f"(score {source.get('score', 0):.2f})", soft_wrap=True)
+    if settings().quiet:
+        return
     if result.routing:
         routing = result.routing
         scores = ", ".join(f"{name} {score:.2f}" for name, score in sorted(routing["scores"].items(), key=lambda i: -i[1]))
         chosen_text = ", ".join(f"{n} ({w:.2f})" for n, w in routing["selected"].items()) or "base model"
-        console.print(f"[cyan]routing ({routing['router']}):[/] {chosen_text} · confidence {routing['confidence']:.2f} · scores: {scores}")
-    for number, source in enumerate(result.sources, start=1):
-        page = f" p.{source['page']}" if source.get("page") else ""
-        console.print(f"[green][{number}][/] {source.get('source') or source.get('document')}{page} "
-                      f"(score {source.get('score', 0):.2f})")
+        console.print(f"[cyan]routing ({escape(routing['router'])}):[/] {escape(chosen_text)} · confidence "
+                      f"{routing['confidence']:.2f} · scores: {escape(scores)}", soft_wrap=True)
     console.print(
-        f"[dim]{result.family} · {result.model_id} · {result.completion_tokens} tokens · "
-        f"{result.latency_ms:.0f} ms · adapters: {', '.join(result.adapters) or 'none'}[/]"
+        f"[dim]{result.family} · {escape(result.model_id)} · {result.completion_tokens} tokens · "
+        f"{result.latency_ms:.0f} ms · adapters: {escape(', '.join(result.adapters) or 'none')}[/]", soft_wrap=True
     )
 
 
@@ -282,4 +293,8 @@ from adaptrix_core import cli_adapters, cli_index, cli_router  # noqa: E402,F401
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m adaptrix_core.cli`` runs this file as ``__main__``; the command modules registered their
+    # commands on the group of the importable ``adaptrix_core.cli``, so run that one.
+    from adaptrix_core.cli import main as _package_main
+
+    _package_main()

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from adaptrix_core import cli_params
 from adaptrix_core.cli import EngineOptions, _console, _emit_json, cli, handle_errors, json_option, model_options
+from adaptrix_core.cli_output import fail, progress_disabled
 from adaptrix_core.cli_state import active_adapters_for, set_active_adapters
 
 
@@ -75,6 +77,7 @@ def list_adapters_command(opts: EngineOptions, as_json: bool) -> None:
 @handle_errors
 def load(names: tuple[str, ...], opts: EngineOptions, as_json: bool) -> None:
     """Validate adapters against the model, load them, and make them active for later queries."""
+    cli_params.check_stored_adapters(opts.config().adapters.directory, names)
     timings = {}
     with opts.engine() as engine:
         engine.initialize()
@@ -147,14 +150,14 @@ def _layers_option(value: str) -> Any:
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), help="Held-out JSONL (default: --eval-split of --data).")
 @click.option("--layers", default="middle", show_default=True, help="middle, quartiles, all, or indices like 10,11,12.")
 @click.option("--target-modules", help="Comma-separated projection names (default: the family's).")
-@click.option("--rank", default=16, show_default=True, type=int)
-@click.option("--alpha", default=32.0, show_default=True, type=float)
-@click.option("--dropout", default=0.05, show_default=True, type=float)
-@click.option("--epochs", default=3, show_default=True, type=int)
-@click.option("--lr", "learning_rate", default=2e-4, show_default=True, type=float)
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--eval-split", default=0.1, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--rank", default=16, show_default=True, type=cli_params.POSITIVE)
+@click.option("--alpha", default=32.0, show_default=True, type=cli_params.POSITIVE_FLOAT)
+@click.option("--dropout", default=0.05, show_default=True, type=cli_params.SHARE)
+@click.option("--epochs", default=3, show_default=True, type=cli_params.POSITIVE)
+@click.option("--lr", "learning_rate", default=2e-4, show_default=True, type=cli_params.POSITIVE_FLOAT)
+@click.option("--batch-size", default=8, show_default=True, type=cli_params.POSITIVE)
+@click.option("--eval-split", default=0.1, show_default=True, type=cli_params.SHARE)
+@click.option("--seed", default=0, show_default=True, type=cli_params.SEED)
 @click.option("--metric", default="auto", show_default=True, type=click.Choice(["auto", "exact_match", "json_match"]))
 @click.option("--description", default="", help="What the adapter does (routers read it).")
 @click.option("--keywords", help="Comma-separated routing keywords.")
@@ -167,18 +170,20 @@ def train(name, data_path, eval_data, layers, target_modules, rank, alpha, dropo
     """Train a LoRA adapter on a JSONL file (prompt/response or messages) and save it to the store."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    _check_training_inputs(name, data_path, eval_data, overwrite, opts)
+    layers = _layers_option(layers)
     with opts.engine() as engine:
         engine.initialize()
         with Progress(TextColumn("training {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                      console=_console(stderr=True), disable=as_json) as bar:
+                      console=_console(stderr=True), disable=progress_disabled(as_json)) as bar:
             task = bar.add_task("train", total=None, name=name, loss="-")
 
             def progress(step: int, total: int, loss: float) -> None:
                 bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
 
             meta = engine.train_adapter(
-                name, data_path, eval_data=eval_data, layers=_layers_option(layers),
+                name, data_path, eval_data=eval_data, layers=layers,
                 target_modules=target_modules.split(",") if target_modules else None, rank=rank, alpha=alpha,
                 dropout=dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                 eval_split=eval_split, seed=seed, metric=metric, description=description,
@@ -194,6 +199,20 @@ def train(name, data_path, eval_data, layers, target_modules, rank, alpha, dropo
         m = metrics["metric"]
         _console().print(f"held-out {m}: adapter {metrics[m]:.1%}, base model {metrics['base_' + m]:.1%} "
                          f"({metrics['eval_examples']} examples)")
+
+
+def _check_training_inputs(name: str, data_path: str, eval_data: str | None, overwrite: bool, opts: EngineOptions) -> None:
+    """What train can refuse without the model: the name, a taken name, unreadable or malformed data."""
+    from adaptrix_core.adapter_meta import check_adapter_name
+    from adaptrix_core.errors import AdapterExistsError
+    from adaptrix_core.training_data import load_examples
+
+    check_adapter_name(name)
+    if _store(opts).path(name).exists() and not overwrite:
+        raise AdapterExistsError(f"Adapter {name!r} already exists in the store; pass --overwrite to retrain it.")
+    load_examples(data_path)
+    if eval_data is not None:
+        load_examples(eval_data)
 
 
 @cli.group()
@@ -241,6 +260,14 @@ def adapters_validate(names, files_only: bool, opts: EngineOptions, as_json: boo
     from adaptrix_core.errors import AdapterError
 
     store = _store(opts)
+    for name in names:
+        store.path(name)  # an invalid name is bad input, not a failed check
+    unknown = [name for name in names if not store.path(name).is_dir()]
+    if unknown:
+        from adaptrix_core.errors import AdapterNotFoundError
+
+        raise AdapterNotFoundError(f"No adapter named {', '.join(map(repr, unknown))} in {str(store.directory)!r} "
+                                   f"(available: {', '.join(store.names()) or 'none'}).")
     names = names or tuple(store.names())
     results = {}
     engine = None if files_only else opts.engine().initialize()
@@ -263,8 +290,9 @@ def adapters_validate(names, files_only: bool, opts: EngineOptions, as_json: boo
         for name, result in results.items():
             mark = "[green]ok[/]" if result["valid"] else f"[red]{result['error']}[/]: {result['problem']}"
             _console().print(f"{name}: {mark}")
-    if not all(result["valid"] for result in results.values()):
-        raise SystemExit(1)
+    failed = [name for name, result in results.items() if not result["valid"]]
+    if failed:
+        fail(f"{len(failed)} of {len(results)} adapters failed validation: {', '.join(failed)}.")
 
 
 @adapters.command("export")

@@ -2,7 +2,8 @@
 
 They need the embedding model only (``add``, ``search``), never the language model. ``--data-dir``
 overrides ``rag.data_dir``; ``add`` shows a progress bar of the chunks embedded (on stderr, hidden
-with ``--json``) and exits with status 1 when any file failed, after committing the others.
+with ``--json`` or ``adaptrix --quiet``) and exits with status 1 when any file failed, after
+committing the others.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any, Callable
 
 import click
 
+from adaptrix_core import cli_params
 from adaptrix_core.cli import _console, _emit_json, _quiet_libraries, cli, handle_errors, json_option
+from adaptrix_core.cli_output import fail, progress_disabled, settings
 
 
 def index_options(command: Callable) -> Callable:
@@ -20,6 +23,8 @@ def index_options(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args: Any, config_path, data_dir, **kwargs: Any) -> Any:
+        cli_params.check_folder_option(data_dir, "--data-dir")
+
         def engine_factory(**rag: Any):
             from adaptrix_core.config import load_config
             from adaptrix_core.engine import ModularAdaptrixEngine
@@ -40,9 +45,10 @@ def index() -> None:
 
 
 @index.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--chunk-size", type=int, help="Tokens per chunk (default: rag.chunk_size, 256).")
-@click.option("--chunk-overlap", type=int, help="Tokens shared by consecutive chunks (default: rag.chunk_overlap, 32).")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--chunk-size", type=click.IntRange(min=16), help="Tokens per chunk (default: rag.chunk_size, 256).")
+@click.option("--chunk-overlap", type=cli_params.NON_NEGATIVE,
+              help="Tokens shared by consecutive chunks (default: rag.chunk_overlap, 32).")
 @click.option("--index-type", type=click.Choice(["flat", "ivf", "hnsw"]), help="FAISS layout (default: rag.index_type).")
 @index_options
 @json_option
@@ -55,7 +61,7 @@ def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, eng
 
     engine = engine_factory(chunk_size=chunk_size, chunk_overlap=chunk_overlap, index_type=index_type)
     with Progress(TextColumn("embedding chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=_console(stderr=True), disable=as_json) as bar:
+                  console=_console(stderr=True), disable=progress_disabled(as_json)) as bar:
         task = bar.add_task("embed", total=None)
         report = engine.add_documents([Path(p) for p in paths],
                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -76,10 +82,12 @@ def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, eng
             table.add_row("[yellow]skipped[/]", "", f"{source} (unsupported format)")
         console = _console()
         console.print(table)
-        console.print(f"{report.chunks_added} chunks embedded in {report.seconds:.1f} s"
-                      + (f" · generation {report.generation}" if report.generation is not None else " · nothing changed"))
+        if not settings().quiet:
+            console.print(f"{report.chunks_added} chunks embedded in {report.seconds:.1f} s"
+                          + (f" · generation {report.generation}" if report.generation is not None else " · nothing changed"))
     if report.failed:
-        raise SystemExit(1)
+        fail(f"{len(report.failed)} file(s) could not be added (the others were): "
+             + "; ".join(f"{source}: {reason}" for source, reason in report.failed))
 
 
 @index.command("list")
@@ -109,6 +117,7 @@ def index_list(engine_factory, as_json: bool) -> None:
 @handle_errors
 def index_remove(doc_id: str, engine_factory, as_json: bool) -> None:
     """Remove the document DOC_ID (an id from 'index list', or the path it was added from)."""
+    cli_params.check_texts([doc_id], "DOC_ID", prompt=True)
     removed = engine_factory().remove_document(doc_id)
     if as_json:
         _emit_json({"removed": removed})
@@ -137,13 +146,18 @@ def index_stats(engine_factory, as_json: bool) -> None:
 
 @index.command("search")
 @click.argument("query")
-@click.option("--top-k", type=int, help="Passages to return (default: rag.top_k, 4).")
-@click.option("--min-score", type=float, help="Minimum cosine similarity (default: rag.min_score).")
+@click.option("--top-k", type=cli_params.POSITIVE, help="Passages to return (default: rag.top_k, 4).")
+@click.option("--min-score", type=cli_params.MIN_SCORE, help="Minimum cosine similarity (default: rag.min_score).")
 @index_options
 @json_option
 @handle_errors
 def index_search(query: str, top_k, min_score, engine_factory, as_json: bool) -> None:
     """Show the passages retrieval finds for QUERY, best first."""
+    from adaptrix_core.errors import InvalidPromptError
+
+    if not query.strip():
+        raise InvalidPromptError("QUERY is empty: give the text to search for.")
+    cli_params.check_texts([query], "QUERY", prompt=True)
     hits = engine_factory().retrieve(query, top_k, min_score)
     if as_json:
         _emit_json({"query": query, "sources": hits})

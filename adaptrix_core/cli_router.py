@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from adaptrix_core import cli_params
 from adaptrix_core.cli import EngineOptions, _console, _emit_json, cli, handle_errors, json_option, model_options
 
 
@@ -44,9 +45,12 @@ def router_list(as_json: bool) -> None:
 @handle_errors
 def router_fit(router_name: str, data: str | None, opts: EngineOptions, as_json: bool) -> None:
     """Train the classifier head or calibrate the semantic thresholds; saves them beside the adapters."""
-    from adaptrix_core.engine import ModularAdaptrixEngine
+    from adaptrix_core.engine_routing import load_labelled
 
-    engine = ModularAdaptrixEngine(config=opts.config(), router=router_name)
+    cli_params.check_router_name(router_name)
+    if data is not None:
+        load_labelled(data)  # malformed data is refused before any model loads
+    engine = opts.engine(router=router_name)
     result = engine.fit_router(router_name, data)
     if as_json:
         _emit_json(result)
@@ -62,10 +66,13 @@ def router_fit(router_name: str, data: str | None, opts: EngineOptions, as_json:
 @handle_errors
 def router_eval(data: str, router_names: tuple[str, ...], opts: EngineOptions, as_json: bool) -> None:
     """Accuracy, macro-F1, confusion matrix and routing latency on labelled prompts."""
-    from adaptrix_core.engine import ModularAdaptrixEngine
+    from adaptrix_core.engine_routing import load_labelled
 
     names = router_names or ("keyword", "semantic", "classifier")
-    engine = ModularAdaptrixEngine(config=opts.config(), router=names[0])
+    for name in names:
+        cli_params.check_router_name(name)
+    load_labelled(data)  # malformed data is refused before any model loads
+    engine = opts.engine(router=names[0])
     results = [engine.evaluate_router(data, name) for name in names]
     if as_json:
         _emit_json({"results": results})

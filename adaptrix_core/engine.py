@@ -29,6 +29,7 @@ from adaptrix_core.generation import (
     resolve_sampling,
     stream_until_stop,
     trim_at_stop,
+    with_system_prompt,
 )
 from adaptrix_core.model_source import ModelSource, resolve_model
 from adaptrix_core.protocols import BaseModelInterface
@@ -228,9 +229,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
         return self._description.has_chat_template if setting is None else setting
 
     def _render(self, messages: list[dict[str, str]], gen: Mapping[str, Any]) -> tuple[str, bool]:
-        system_prompt = self.config.model.system_prompt
-        if system_prompt and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": system_prompt}, *messages]
+        messages = with_system_prompt(messages, self.config.model.system_prompt)
         if not self._uses_chat_template():
             return plain_transcript(messages), False
         if not self._family.chat.system_role:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, StopStringCriteria, TextIteratorStreamer
 
 from adaptrix_core.config import ModelSettings
 from adaptrix_core.errors import ContextOverflowError, EngineClosedError, ModelLoadError
 from adaptrix_core.families import ModelFamily
+from adaptrix_core.generation import GREEDY_TEMPERATURE
 from adaptrix_core.model_source import ModelSource
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
 from adaptrix_plugins.backends.hf_lora import PeftAdapters
@@ -31,6 +32,11 @@ class _StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _sampling(params: SamplingParams) -> bool:
+    """Whether to sample: a temperature below GREEDY_TEMPERATURE decodes greedily (logits / 5e-324 is inf)."""
+    return not params.greedy and params.temperature >= GREEDY_TEMPERATURE
 
 
 def _config_value(config: Any, *names: str) -> Any:
@@ -55,6 +61,7 @@ class HFBackend:
         self._description: ModelDescription | None = None
         self._module_names: list[str] = []
         self.lora: PeftAdapters | None = None
+        self._unmatchable_stops: set[tuple[str, ...]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
@@ -170,15 +177,31 @@ class HFBackend:
             "eos_token_id": self.eos_token_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
             "use_cache": True,
-            "do_sample": not params.greedy,
+            "do_sample": _sampling(params),
         }
         if params.ignore_eos:
             options["min_new_tokens"] = options["max_new_tokens"]
-        if not params.greedy:
-            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.stop:
+        if _sampling(params):
+            options.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
+        if params.stop and self._stops_matchable(params.stop):
             options["stop_strings"] = list(params.stop)
         return GenerationConfig(**options)
+
+    def _stops_matchable(self, stop: tuple[str, ...]) -> bool:
+        """Whether any token can end in a stop string; transformers raises ValueError when none can.
+
+        That happens with vocabularies without byte fallback (a stop string of characters the model
+        cannot write): then the strings can never be generated and the engine's text-level trimming
+        is all that is needed.
+        """
+        if stop in self._unmatchable_stops:
+            return False
+        try:
+            StopStringCriteria(self.tokenizer, list(stop))  # cached by transformers for the generate call
+        except ValueError:
+            self._unmatchable_stops.add(stop)
+            return False
+        return True
 
     def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool,
                  adapters: Sequence[str | None] | None = None) -> list[Completion]:
@@ -186,11 +209,11 @@ class HFBackend:
         inputs = self._encode(prompts, templated)
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         config = self._generation_config(params, max(prompt_lengths))
-        if not params.greedy and params.seed is not None:
+        if _sampling(params) and params.seed is not None:
             torch.manual_seed(params.seed)
         with torch.inference_mode(), self.lora.activated(adapters) as (model, extra):
             output = model.generate(
-                **inputs, **extra, generation_config=config, tokenizer=self.tokenizer if params.stop else None
+                **inputs, **extra, generation_config=config, tokenizer=self.tokenizer if config.stop_strings else None
             )
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         completions = []
@@ -220,7 +243,7 @@ class HFBackend:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancelled = threading.Event()
         failure: list[BaseException] = []
-        if not params.greedy and params.seed is not None:
+        if _sampling(params) and params.seed is not None:
             torch.manual_seed(params.seed)
 
         def pieces() -> Iterator[str]:
@@ -245,7 +268,7 @@ class HFBackend:
                         generation_config=config,
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_StopWhenSet(cancelled)]),
-                        tokenizer=self.tokenizer if params.stop else None,
+                        tokenizer=self.tokenizer if config.stop_strings else None,
                     )
             except BaseException as exc:  # re-raised in the consumer's thread
                 failure.append(exc)
