@@ -17,6 +17,30 @@ if TYPE_CHECKING:
     from adaptrix_core.types import Completion, ModelDescription, SamplingParams
 
 
+class Capability:
+    """Names of what a backend can do beyond plain text generation (``BaseModelInterface.capabilities``).
+
+    The engine checks a capability before using it and raises ``BackendCapabilityError`` naming the
+    backend and the capability when it is missing, so a backend without torch modules (ONNX, a remote
+    HTTP server) plugs in and the engine degrades clearly.
+    """
+
+    LORA = "lora"
+    """Serves LoRA adapters: implements :class:`AdapterBackend` (inject, remove, shapes)."""
+    LORA_COMPOSITION = "lora_composition"
+    """``compose_lora``: weighted mixes of loaded adapters."""
+    MIXED_ADAPTER_BATCHES = "mixed_adapter_batches"
+    """One ``generate`` batch may use a different adapter per prompt (else the engine groups by adapter)."""
+    TRAINING = "training"
+    """``train_lora`` and ``save_lora``: adapters are trained and saved on this backend."""
+    STREAMING = "streaming"
+    """``stream`` yields text as it is generated (else the engine yields the whole answer once)."""
+    STEP_BATCHING = "step_batching"
+    """Iteration-level batching for the server's scheduler (requests join and leave a running batch)."""
+    MODULE_TREE = "module_tree"
+    """``module_names`` lists a real module tree and ``layers_path`` names its block list."""
+
+
 @runtime_checkable
 class BaseModelInterface(Protocol):
     """A backend: loads one model and generates text from rendered prompts.
@@ -32,6 +56,12 @@ class BaseModelInterface(Protocol):
 
     name: str
     """Registered backend name, e.g. ``"hf"``."""
+
+    capabilities: frozenset[str]
+    """The :class:`Capability` names this backend supports (may grow once ``load`` has run)."""
+
+    layers_path: str | None
+    """Dotted path of the transformer block list in the module tree (None without a module tree)."""
 
     def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
         """Load tokenizer and weights from ``source`` on ``settings.device``/``dtype``; describe the model.
@@ -65,6 +95,9 @@ class BaseModelInterface(Protocol):
 
     def module_names(self) -> list[str]:
         """Dotted names of the model's submodules (empty when the backend has no module tree)."""
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes the backend holds, by kind (e.g. ``{"weights": ..., "adapters": ...}``); may be empty."""
 
     def close(self) -> None:
         """Release the model's memory; the backend is unusable afterwards."""

@@ -14,6 +14,7 @@ from adaptrix_core.errors import ContextOverflowError, EngineClosedError, ModelL
 from adaptrix_core.families import ModelFamily
 from adaptrix_core.generation import GREEDY_TEMPERATURE
 from adaptrix_core.model_source import ModelSource
+from adaptrix_core.protocols import Capability
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
 from adaptrix_plugins.backends.hf_lora import PeftAdapters
 from adaptrix_plugins.backends.hf_loading import (
@@ -51,6 +52,10 @@ class HFBackend:
     """Eager transformers backend (``backend="hf"``)."""
 
     name = "hf"
+    capabilities = frozenset({
+        Capability.LORA, Capability.LORA_COMPOSITION, Capability.MIXED_ADAPTER_BATCHES, Capability.TRAINING,
+        Capability.STREAMING, Capability.MODULE_TREE,
+    })
 
     def __init__(self) -> None:
         self.model: Any = None
@@ -103,6 +108,13 @@ class HFBackend:
         self.eos_token_ids = list(dict.fromkeys(eos))
         self._module_names = [name for name, _ in self.model.named_modules() if name]
         self.lora = PeftAdapters(self.model, self.device)
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of the base weights and of the LoRA weights currently injected."""
+        self._require_model()
+        lora = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if "lora_" in n)
+        total = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return {"weights": total - lora, "adapters": lora}
 
     def close(self) -> None:
         self.model = None
