@@ -55,7 +55,7 @@ from probes import GenerateProbe  # noqa: E402
 REPO_ROOT = harness.REPO_ROOT
 DEFAULT_OUT = harness.RESULTS_DIR / "adapters.json"
 MEASUREMENTS = ("switch", "decode", "batch")
-QUICK = {"switch_rounds": 1, "switch_inner": 5, "switch_generate_pairs": 1, "decode_runs": 1, "max_new_tokens": 8,
+QUICK = {"switch_rounds": 1, "switch_inner": 5, "switch_generate_pairs": 1, "decode_runs": 1, "max_new_tokens": 4,
          "batch_runs": 1, "batch_max_new_tokens": 4, "cache_check_runs": 1}
 
 

@@ -52,6 +52,7 @@ import datetime as _dt
 import gc
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -285,13 +286,14 @@ def median(values: Iterable[float]) -> float:
 
 
 def percentile(values: Iterable[float], share: float) -> float:
-    """Nearest-rank percentile: the sorted value at index ``round(share * (n - 1))``; ``share`` in [0, 1]."""
+    """Nearest-rank percentile: the ``ceil(share * n)``-th smallest value (the smallest for 0); ``share`` in [0, 1]."""
     ordered = sorted(values)
     if not ordered:
         raise ValueError("percentile of no values: measure at least one sample")
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"percentile share {share!r} is outside [0, 1]; pass e.g. 0.95 for p95")
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+    rank = math.ceil(share * len(ordered) - 1e-9)  # the epsilon keeps 0.95 * 100 from ranking 96th
+    return ordered[max(rank, 1) - 1]
 
 
 def summarize(samples: Iterable[float]) -> dict[str, Any]:

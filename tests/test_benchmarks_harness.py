@@ -19,12 +19,14 @@ from benchmarks import harness  # noqa: E402
 # -- figures ----------------------------------------------------------------------------------------------
 def test_percentile_is_nearest_rank_on_sorted_values():
     values = list(range(100, 0, -1))  # 100 .. 1, unsorted on purpose
-    assert harness.percentile(values, 0.95) == 95  # index round(0.95 * 99) = 94 of 1..100
-    assert harness.percentile(values, 0.90) == 90  # index round(89.1) = 89
+    assert harness.percentile(values, 0.95) == 95  # the ceil(95.0) = 95th smallest, not the 96th
+    assert harness.percentile(values, 0.90) == 90
     assert harness.percentile(values, 0.0) == 1
     assert harness.percentile(values, 1.0) == 100
     assert harness.percentile([7.5], 0.95) == 7.5
-    assert harness.percentile([1, 2, 3, 4], 0.5) == 3  # index round(1.5) = 2 (banker's rounding)
+    assert harness.percentile([4, 1, 3, 2], 0.5) == 2  # ceil(2.0) = 2nd
+    assert harness.percentile([5, 1, 4, 2, 3, 6, 7], 0.9) == 7  # ceil(6.3) = 7th of 7
+    assert harness.percentile(range(1, 36), 0.95) == 34  # ceil(33.25) = 34th of 35
 
 
 def test_percentile_refuses_no_values_and_shares_outside_0_1():
@@ -39,7 +41,7 @@ def test_summarize_gives_median_mean_percentiles_and_range():
     assert s["n"] == 4
     assert s["median"] == s["p50"] == 2.5  # statistics.median: mean of the two middle values
     assert s["mean"] == 4.0
-    assert s["p90"] == 10.0 and s["p95"] == 10.0  # index round(2.7) = round(2.85) = 3
+    assert s["p90"] == 10.0 and s["p95"] == 10.0  # ceil(3.6) = ceil(3.8) = 4th of 4
     assert (s["min"], s["max"]) == (1.0, 10.0)
     empty = harness.summarize([])
     assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("median", "mean", "p95", "min"))
