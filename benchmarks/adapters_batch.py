@@ -299,8 +299,8 @@ def report_batch(bt: dict[str, Any]) -> None:
     notes.append(f"target: speedup >= {bt['target_speedup']:g}x (fixed-length answers, the same work on both sides) "
                  f"-> {verdict} ({bt['speedup']:.2f}x)")
     harness.print_table(f"3. Batch of {len(bt['prompts'])} prompts over {len(set(bt['adapters']))} adapters, "
-                f"max_new_tokens={bt['max_new_tokens']}, greedy",
-                ("side", "median s", "new tokens", "median tok/s", "ms outside model.generate", "runs (s)"), rows, notes)
+                        f"max_new_tokens={bt['max_new_tokens']}, greedy",
+                        ("side", "median s", "new tokens", "median tok/s", "ms outside model.generate", "runs (s)"), rows, notes)
     rows = []
     for side, b in bt["forward_breakdown"].items():
         rows.append((side, f"{b['seconds']:.3f}", str(b["prefill_passes"]), f"{b['prefill_ms_total']:.0f}",
@@ -308,5 +308,5 @@ def report_batch(bt: dict[str, Any]) -> None:
                      "-" if b["decode_step_ms_median"] is None else f"{b['decode_step_ms_median']:.1f}",
                      f"{b['decode_ms_total']:.0f}", f"{b['outside_forward_ms']:.0f}"))
     harness.print_table("3b. Where the time goes (one extra call each, every forward pass timed)",
-                ("call", "s", "prefills", "prefill ms", "decode steps", "rows", "ms/step (median)", "decode ms",
-                 "ms outside forward"), rows, [])
+                        ("call", "s", "prefills", "prefill ms", "decode steps", "rows", "ms/step (median)", "decode ms",
+                         "ms outside forward"), rows, [])

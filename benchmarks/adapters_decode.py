@@ -208,4 +208,4 @@ def report_decode(d: dict[str, Any]) -> None:
         f"target: unmerged cost <= {d['target_percent']:g}% -> {verdict} ({c['unmerged_vs_base']:+.2f}%)",
     ]
     harness.print_table(f"2. Decode, {d['max_new_tokens']} new tokens, greedy, {d['prompt_tokens']} prompt tokens",
-                ("side", "median tok/s", "median s/call", "model.generate alone tok/s", "runs (tok/s)"), rows, notes)
+                        ("side", "median tok/s", "median s/call", "model.generate alone tok/s", "runs (tok/s)"), rows, notes)

@@ -391,14 +391,10 @@ def print_notes(notes: Iterable[Any]) -> None:
         elif not styled:
             console.print(text, highlight=False, markup=False)
         else:
+            from rich.markup import escape
+
             style = "bold" if met is None else ("green" if met else "red")
-            console.print(f"[{style}]{_escape(text)}[/{style}]", highlight=False)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+            console.print(f"[{style}]{escape(text)}[/{style}]", highlight=False)
 
 
 # -- results ------------------------------------------------------------------------------------------------
@@ -484,13 +480,12 @@ def write_results(out: Path | str, doc: dict[str, Any]) -> Path:
         doc = {**doc, "machine": machine_info()}
     text = json.dumps(doc, indent=2, ensure_ascii=False, default=_jsonable) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # open() applies the umask, as for any results file
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        temp.write_text(text, encoding="utf-8")
         os.replace(temp, out)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
     return out
 

@@ -172,6 +172,9 @@ def test_write_results_adds_machine_and_writes_utf8_json(tmp_path):
         assert key in machine
     assert machine["cpu_count"] >= 1 and machine["ram_bytes"] > 0
     assert list(tmp_path.joinpath("new").iterdir()) == [out]
+    reference = tmp_path / "reference.txt"
+    reference.write_text("x")
+    assert out.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777  # the umask's mode, like any file
 
 
 def test_write_results_keeps_a_given_machine_and_the_old_file_on_failure(tmp_path):
