@@ -28,30 +28,30 @@ text must be identical (greedy), else the exit status is 2.
 Run ``python benchmarks/bench_generate.py --help`` for the options; see benchmarks/README.md.
 """
 
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
-import gc
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# Never touch the network: the engine itself never downloads, and the plain side must not either.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from probes import GenerateProbe  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "generate.json"
+# Never touch the network: the engine itself never downloads, and the plain side must not either.
+harness.offline_environment()
+
+DEFAULT_OUT = harness.RESULTS_DIR / "generate.json"
 DEFAULT_PROMPT = (
     "Write a detailed, multi-paragraph essay about the history of the Roman Empire, "
     "from its founding to its fall."
 )
+QUICK = {"runs": 1, "max_new_tokens": 8}
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -74,7 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default="default", help="engine model_id ('default' is SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default=None, help="engine device; None keeps the configured one ('auto')")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before loading; None keeps torch's default")
     parser.add_argument("--target", type=float, default=3.0, help="maximum accepted engine overhead, percent")
     parser.add_argument(
         "--reuse-engine-objects", action="store_true",
@@ -82,114 +81,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "independent copy from the same folder",
     )
     parser.add_argument(
-        "--contention-threshold", type=float, default=0.15, metavar="CORES",
-        help="a run during which other processes kept more than this many CPU cores busy on average "
-        "(from /proc/stat) counts as contended; its round (one run of every side) is discarded and redone",
-    )
-    parser.add_argument("--max-redo", type=int, default=10, help="at most this many contended rounds are redone")
-    parser.add_argument(
         "--no-inference-mode-baseline", action="store_true",
         help="leave out the third side, plain transformers with model.generate inside torch.inference_mode() "
         "(the engine's backend uses inference_mode; plain generate() only no_grad)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
     parser.add_argument("--fail-on-target", action="store_true", help="exit with status 1 when the target is missed")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N",
         help="after the benchmark, cProfile one more call per side and print the top N Python-level "
         "functions (Adaptrix, transformers generate loop, tokenizers) by cumulative time (0: off)",
     )
-    args = parser.parse_args(argv)
+    harness.add_common_args(parser, default_out=DEFAULT_OUT, contention_threshold=0.15, max_redo=10)
+    args = harness.parse_with_quick(parser, argv, QUICK, name="generate")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be at least 1")
-    if args.max_redo < 0:
-        parser.error("--max-redo must be at least 0")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
     return args
 
 
-# -- machine facts ------------------------------------------------------------------------------
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def machine_facts() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    try:
-        from importlib.metadata import version
-
-        adaptrix_version = version("adaptrix")
-    except Exception:  # not installed as a distribution
-        adaptrix_version = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
-    facts: dict[str, Any] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_count_usable": usable,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "adaptrix": adaptrix_version,
-        "cuda_available": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        facts["cuda_device"] = torch.cuda.get_device_name(0)
-    return facts
-
-
-# -- other processes' CPU use during a run ------------------------------------------------------
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes on the machine have spent busy since boot (Linux /proc/stat), else None."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
-
-
-class ContentionMeter:
-    """Measures how much CPU other processes (and the hypervisor, as steal) took while a run was timed.
-
-    ``other_cpu_s`` = machine busy CPU seconds - this process's CPU seconds, over the run; divided by
-    the run's wall time it is the number of cores others kept busy on average (0 on a quiet machine).
-    """
-
-    def __enter__(self) -> "ContentionMeter":
-        self.busy0, self.own0, self.wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        busy1, own1, wall1 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
-        if self.busy0 is None or busy1 is None:
-            self.other_cpu_s = self.other_cores = None
-            return
-        self.other_cpu_s = max(0.0, (busy1 - self.busy0) - (own1 - self.own0))
-        self.other_cores = self.other_cpu_s / max(wall1 - self.wall0, 1e-9)
-
-
-# -- the two sides ------------------------------------------------------------------------------
+# -- the sides ------------------------------------------------------------------------------------
 def _sync(device: Any) -> None:
     import torch
 
@@ -227,8 +138,6 @@ class PlainSide:
         self.inference_mode = inference_mode
 
     def run(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:
-        import contextlib
-
         import torch
 
         _sync(self.device)
@@ -255,43 +164,24 @@ class PlainSide:
 
 
 class EngineSide:
-    """``engine.generate``, observed through two pass-through wrappers (instance attributes that shadow
-    the methods, about a microsecond each): one on the backend's ``generate`` reads the real token
-    counts, one on the backend model's ``generate`` times the transformers call alone."""
+    """``engine.generate``, observed through a ``GenerateProbe``: the backend's ``generate`` gives the
+    real token counts, the backend model's ``generate`` the time of the transformers call alone."""
 
     def __init__(self, engine: Any):
         self.engine = engine
         self.device = engine.backend.device
-        self._completions: list[Any] = []
-        self._model_generate_s: list[float] = []
-        backend = engine.backend
-        backend_generate, model_generate = backend.generate, backend.model.generate
-
-        def counting_generate(*args: Any, **kwargs: Any) -> Any:
-            completions = backend_generate(*args, **kwargs)
-            self._completions.append(completions)
-            return completions
-
-        def timed_model_generate(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            output = model_generate(*args, **kwargs)
-            _sync(self.device)
-            self._model_generate_s.append(time.perf_counter() - started)
-            return output
-
-        backend.generate = counting_generate
-        backend.model.generate = timed_model_generate
+        self.probe = GenerateProbe(engine, sync=lambda: _sync(self.device))
+        self.probe.time_generate_of(engine.backend.model)
 
     def run(self, prompt: str, max_new_tokens: int) -> dict[str, Any]:
-        self._completions.clear()
-        self._model_generate_s.clear()
+        self.probe.reset()
         _sync(self.device)
         started = time.perf_counter()
         text = self.engine.generate(prompt, temperature=0, max_new_tokens=max_new_tokens)
         _sync(self.device)
         seconds = time.perf_counter() - started
-        (completion,) = self._completions[-1]
-        return {"seconds": seconds, "generate_s": self._model_generate_s[-1], "new_tokens": completion.completion_tokens,
+        (completion,) = self.probe.completions
+        return {"seconds": seconds, "generate_s": self.probe.generate_s[-1], "new_tokens": completion.completion_tokens,
                 "prompt_tokens": completion.prompt_tokens, "finish_reason": completion.finish_reason,
                 "text": text}
 
@@ -306,43 +196,37 @@ SIDE_LABELS = {
 
 def _overhead(engine_tps: float, other_tps: float) -> float:
     """Extra time per token the engine costs against ``other``, in percent (negative: engine faster)."""
-    return (other_tps / engine_tps - 1) * 100
+    return harness.time_cost_percent(other_tps, engine_tps)
 
 
 def summarize(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    by_side: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_side.setdefault(r["side"], []).append(r)
+    """Per-side medians of the kept ``runs`` and the engine's overhead against every other side."""
+    groups = harness.by_side(runs)
     sides: dict[str, dict[str, Any]] = {}
-    for name, side_runs in by_side.items():
-        figures = {
+    for name, side_runs in groups.items():
+        sides[name] = {
             "runs": len(side_runs),
-            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in side_runs),
-            "median_seconds": statistics.median(r["seconds"] for r in side_runs),
+            "median_tokens_per_s": harness.median(r["tokens_per_s"] for r in side_runs),
+            "median_seconds": harness.median(r["seconds"] for r in side_runs),
             "min_seconds": min(r["seconds"] for r in side_runs),
             "max_seconds": max(r["seconds"] for r in side_runs),
             # Everything around the transformers call: the engine's validation, sampling, rendering,
             # tokenizing, GenerationConfig, decoding; plain side: template, tokenizing, decoding.
-            "median_ms_outside_model_generate": statistics.median(
-                (r["seconds"] - r["generate_s"]) * 1000 for r in side_runs),
+            "median_ms_outside_model_generate": harness.median(
+                harness.ms(r["seconds"] - r["generate_s"]) for r in side_runs),
+            "median_generate_only_tokens_per_s": harness.median(r["new_tokens"] / r["generate_s"] for r in side_runs),
         }
-        figures["median_generate_only_tokens_per_s"] = statistics.median(
-            r["new_tokens"] / r["generate_s"] for r in side_runs)
-        sides[name] = figures
     engine_tps = sides["engine"]["median_tokens_per_s"]
     comparisons: dict[str, dict[str, Any]] = {}
     for name in (n for n in sides if n != "engine"):
-        # Paired: each engine run against this side's run of the same round (cancels slow drifts).
-        partner = {r["iteration"]: r for r in by_side[name]}
-        paired = [_overhead(e["tokens_per_s"], partner[e["iteration"]]["tokens_per_s"])
-                  for e in by_side["engine"] if e["iteration"] in partner]
+        each = harness.paired(runs, "engine", name, lambda e, o: _overhead(e["tokens_per_s"], o["tokens_per_s"]))
         comparisons[name] = {
             "ratio_engine_over_side": engine_tps / sides[name]["median_tokens_per_s"],
             "overhead_percent": _overhead(engine_tps, sides[name]["median_tokens_per_s"]),
             "generate_only_overhead_percent": _overhead(
                 sides["engine"]["median_generate_only_tokens_per_s"], sides[name]["median_generate_only_tokens_per_s"]),
-            "paired_overhead_percent_median": statistics.median(paired),
-            "paired_overhead_percent_each": paired,
+            "paired_overhead_percent_median": harness.median(each),
+            "paired_overhead_percent_each": each,
         }
     headline = comparisons["plain"]
     return {
@@ -391,48 +275,17 @@ def print_report(summary: dict[str, Any], runs: list[dict[str, Any]], settings: 
                      f"{figures['median_generate_only_tokens_per_s']:.2f}",
                      f"{figures['median_ms_outside_model_generate']:.2f}", each))
     lines = report_lines(summary)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-        for row in (header, *rows):
-            print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
-        print("\n".join(lines))
-        return
-    console = Console()
-    if console.width < 150:
-        console = Console(width=150)
-    table = Table(title=title)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i in (0, len(header) - 1) else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    style = "green" if summary["target_met"] else "red"
-    for line in lines[:-1]:
-        console.print(line, highlight=False)
-    console.print(f"[{style}]{lines[-1]}[/{style}]", highlight=False)
+    harness.print_table(title, header, rows, [*lines[:-1], (lines[-1], summary["target_met"])], left=(0, -1))
 
 
-def profile_calls(sides: list[tuple[str, Any]], prompt: str, max_new_tokens: int, top: int) -> None:
-    import cProfile
-    import io
-    import pstats
-
-    for name, side in sides:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        side.run(prompt, max_new_tokens)
-        profiler.disable()
-        stream = io.StringIO()
-        # Only the Python layers around the forward passes: Adaptrix, transformers' generate loop,
-        # generation config, tokenizers and this script's side wrappers.
-        pattern = r"adaptrix_|bench_generate|generation/|tokenization_|configuration_utils"
-        pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(pattern, top)
-        print(f"\n===== cProfile: {name}, one call, top {top} by cumulative time (Python layers only) =====")
-        print(stream.getvalue())
+def profile_calls(sides: list[harness.Side], top: int) -> None:
+    # Only the Python layers around the forward passes: Adaptrix, transformers' generate loop,
+    # generation config, tokenizers and this script's side wrappers.
+    pattern = r"adaptrix_|bench_generate|probes|generation/|tokenization_|configuration_utils"
+    for side in sides:
+        report = harness.cprofile_report(side.run, top, restrict=pattern)["cumulative"]
+        print(f"\n===== cProfile: {side.name}, one call, top {top} by cumulative time (Python layers only) =====")
+        print(report)
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -484,59 +337,42 @@ def main(argv: list[str] | None = None) -> int:
     # The engine's backend pads with the tokenizer's pad token, else its EOS token; do the same.
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    sides: list[tuple[str, Any]] = [
-        ("engine", EngineSide(engine)),
-        ("plain", PlainSide(model, tokenizer, device, eos_ids, pad_id)),
-    ]
+    side_objects: dict[str, Any] = {
+        "engine": EngineSide(engine),
+        "plain": PlainSide(model, tokenizer, device, eos_ids, pad_id),
+    }
     if not args.no_inference_mode_baseline:
-        sides.append(("plain_inference_mode", PlainSide(model, tokenizer, device, eos_ids, pad_id, inference_mode=True)))
+        side_objects["plain_inference_mode"] = PlainSide(model, tokenizer, device, eos_ids, pad_id, inference_mode=True)
 
-    def checked(side: str, result: dict[str, Any]) -> dict[str, Any]:
+    def checked(name: str) -> dict[str, Any]:
+        result = side_objects[name].run(args.prompt, args.max_new_tokens)
         if result["new_tokens"] != args.max_new_tokens:
             raise SystemExit(
-                f"error: the {side} side generated {result['new_tokens']} tokens, not {args.max_new_tokens}; "
+                f"error: the {name} side generated {result['new_tokens']} tokens, not {args.max_new_tokens}; "
                 "pick a --prompt that makes the model answer at greater length"
             )
+        result["tokens_per_s"] = result["new_tokens"] / result["seconds"]
         return result
 
+    sides = [harness.Side(name, lambda name=name: checked(name), SIDE_LABELS[name]) for name in side_objects]
     print(f"model {info['base_model']} from {info['source']} ({info['dtype']}, {info['device']}); "
           f"plain side: {plain_source}", file=sys.stderr)
-    warmup = {name: checked(name, side.run(args.prompt, args.max_new_tokens)) for name, side in sides}
+    warmup = {side.name: side.run() for side in sides}
     prompt_lengths = {name: w["prompt_tokens"] for name, w in warmup.items()}
     if len(set(prompt_lengths.values())) != 1:
         print(f"error: prompt lengths differ: {prompt_lengths}", file=sys.stderr)
         return 2
 
-    runs: list[dict[str, Any]] = []
-    kept_rounds = redone = round_no = 0
-    while kept_rounds < args.runs:
-        round_no += 1
-        round_runs = []
-        for side_name, side in sides:
-            gc.collect()
-            with ContentionMeter() as meter:
-                result = checked(side_name, side.run(args.prompt, args.max_new_tokens))
-            contended = meter.other_cores is not None and meter.other_cores > args.contention_threshold
-            result.update(side=side_name, iteration=round_no, tokens_per_s=result["new_tokens"] / result["seconds"],
-                          other_processes_cores=meter.other_cores, contended=contended)
-            round_runs.append(result)
-        discard = any(r["contended"] for r in round_runs) and redone < args.max_redo
-        redone += discard
-        kept_rounds += not discard
-        for r in round_runs:
-            r["discarded"] = discard
-            runs.append(r)
-            others = "n/a" if r["other_processes_cores"] is None else f"{r['other_processes_cores']:.2f}"
-            print(f"  round {round_no:2} {r['side']:20} {r['seconds']:.3f} s  {r['tokens_per_s']:6.2f} tok/s  "
-                  f"other processes: {others} cores{'  (contended: round discarded, redone)' if discard else ''}",
-                  file=sys.stderr)
-    kept = [r for r in runs if not r["discarded"]]
+    rounds = harness.interleaved_rounds(
+        sides, args.runs, contention_threshold=args.contention_threshold, max_redo=args.max_redo, side_width=20,
+        describe=lambda r: f"{r['seconds']:.3f} s  {r['tokens_per_s']:6.2f} tok/s")
+    runs, kept = rounds.runs, rounds.kept
 
     texts = {r["text"] for r in runs} | {w["text"] for w in warmup.values()}
     identical = len(texts) == 1
     summary = summarize(kept, args.target)
-    summary["rounds_discarded_for_contention"] = redone
-    summary["kept_runs_still_contended"] = sum(r["contended"] for r in kept)
+    summary["rounds_discarded_for_contention"] = rounds.redone
+    summary["kept_runs_still_contended"] = rounds.still_contended
     settings = {
         "model": info["base_model"], "max_new_tokens": args.max_new_tokens, "runs": args.runs,
         "device": info["device"], "torch_threads": torch.get_num_threads(),
@@ -548,16 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     result_doc = {
         "benchmark": "generate: ModularAdaptrixEngine().generate vs plain transformers model.generate",
         "date": started_at.isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_facts(),
+        "command": harness.command_line(),
+        "machine": harness.machine_info(),
         "model": info,
         "settings": {
             "prompt": args.prompt,
             "max_new_tokens": args.max_new_tokens,
             "runs_per_side": args.runs,
             "warmup_runs_per_side": 1,
-            "order": "interleaved rounds: " + ", ".join(name for name, _ in sides) + ", then again, ...",
-            "sides": {name: SIDE_LABELS[name] for name, _ in sides},
+            "order": "interleaved rounds: " + ", ".join(side_objects) + ", then again, ...",
+            "sides": {name: SIDE_LABELS[name] for name in side_objects},
             "decoding": "greedy (engine temperature=0, plain do_sample=False)",
             "engine_call": f"engine.generate(prompt, temperature=0, max_new_tokens={args.max_new_tokens})",
             "plain_call": ("apply_chat_template(tokenize=False, add_generation_prompt=True) -> "
@@ -577,12 +413,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [{k: v for k, v in r.items() if k != "text"} for r in runs],
         "outputs": {**{name: w["text"] for name, w in warmup.items()}, "identical_across_all_runs": identical},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result_doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {harness.write_results(args.out, result_doc)}", file=sys.stderr)
 
     if args.profile:
-        profile_calls(sides, args.prompt, args.max_new_tokens, args.profile)
+        profile_calls(sides, args.profile)
     engine.cleanup()
     if not identical:
         return 2

@@ -30,22 +30,21 @@ import json
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+harness.offline_environment()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import ContentionMeter, machine_facts  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "rag.json"
+REPO_ROOT = harness.REPO_ROOT
+DEFAULT_OUT = harness.RESULTS_DIR / "rag.json"
+QUICK = {"sizes": [1_000, 10_000], "ingest_chunks": 40, "queries": 10, "warmup": 2, "recall_queries": 20}
 WORDS = ("harbour buoy sensor depth tide current policy employee leave travel expense meal hotel badge laptop "
          "password network storm vessel cargo crane quay lighthouse survey report budget approval contract "
          "training safety course deadline review team customer dashboard satellite signal battery solar "
@@ -62,14 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed retrieve() calls first")
     parser.add_argument("--recall-queries", type=int, default=200, help="synthetic queries for approximate recall")
     parser.add_argument("--clusters", type=int, default=2_000, help="centres of the synthetic vectors")
-    parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: theirs)")
     parser.add_argument("--target-ms", type=float, default=20.0, help="p50 latency target at the largest size")
-    parser.add_argument("--contention-threshold", type=float, default=0.3, metavar="CORES")
-    parser.add_argument("--max-redo", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="build the indexes here and keep them (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    return parser.parse_args(argv)
+    harness.add_common_args(parser, default_out=DEFAULT_OUT, contention_threshold=0.3, max_redo=5,
+                            threads_help="torch and FAISS threads (default: theirs)")
+    return harness.parse_with_quick(parser, argv, QUICK, name="rag")
 
 
 def sentence(rng: random.Random) -> str:
@@ -98,23 +95,6 @@ def clustered_vectors(count: int, dimension: int, clusters: int, seed: int):
     return vectors
 
 
-def timed_block(function, max_redo: int, threshold: float) -> tuple[Any, float, float, int]:
-    """Run ``function``; redo it while other processes were too busy. (result, seconds, other cores, redos)."""
-    for attempt in range(max_redo + 1):
-        with ContentionMeter() as meter:
-            started = time.perf_counter()
-            result = function()
-            seconds = time.perf_counter() - started
-        other = meter.other_cores or 0.0
-        if other <= threshold or attempt == max_redo:
-            return result, seconds, other, attempt
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
-
-
 def measure_queries(engine, questions: list[str], args) -> dict[str, Any]:
     store = engine._store()
     for n in range(args.warmup):
@@ -135,10 +115,15 @@ def measure_queries(engine, questions: list[str], args) -> dict[str, Any]:
             search.append((time.perf_counter() - started) * 1000)
         return {"total": total, "embed": embed, "search": search}
 
-    samples, _, other, redos = timed_block(run, args.max_redo, args.contention_threshold)
-    summary = {f"{part}_ms": {"p50": round(statistics.median(v), 3), "p95": round(percentile(v, 0.95), 3),
-                              "min": round(min(v), 3)} for part, v in samples.items()}
-    return {**summary, "other_cores": round(other, 3), "redos": redos, "queries": args.queries}
+    blocks = harness.quiet_blocks(run, 1, contention_threshold=args.contention_threshold, max_redo=args.max_redo)
+    kept = blocks[-1]
+    summary = {}
+    for part, values in kept.result.items():
+        figures = harness.summarize(values)
+        summary[f"{part}_ms"] = {"p50": round(figures["p50"], 3), "p95": round(figures["p95"], 3),
+                                 "min": round(figures["min"], 3)}
+    return {**summary, "other_cores": round(kept.other_cores or 0.0, 3), "redos": len(blocks) - 1,
+            "queries": args.queries}
 
 
 def approximate_recall(store, vectors, args) -> float:
@@ -177,7 +162,7 @@ def ingest(engine, folder: Path, args) -> dict[str, Any]:
         return wrapper
 
     engine._embed, store.apply = timed("embed", embed), timed("commit", apply)
-    with ContentionMeter() as meter:
+    with harness.ContentionMeter() as meter:
         report = engine.add_documents(folder)
     engine._embed, store.apply = embed, apply
     return {"documents": len(report.added), "chunks": report.chunks_added, "seconds": round(report.seconds, 2),
@@ -226,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = [json.loads(line)["question"] for line in
                  (REPO_ROOT / "data" / "rag" / "questions.jsonl").read_text().splitlines() if line.strip()]
     root = args.keep or Path(tempfile.mkdtemp(prefix="adaptrix-bench-rag-"))
-    results: dict[str, Any] = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_facts(),
+    results: dict[str, Any] = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": harness.machine_info(),
                                "faiss_threads": faiss.omp_get_max_threads(), "settings": {
                                    k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                "ingestion": None, "indexes": []}
@@ -266,33 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = {row["index_type"]: row["total_ms"]["p50"] <= args.target_ms
                 for row in results["indexes"] if row["chunks"] == largest}
     results["target"] = {"p50_ms": args.target_ms, "chunks": largest, "met_by": verdicts}
-    print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print_report(results)
+    print(f"wrote {harness.write_results(args.out, results)}")
     return 0
 
 
-def print_table(results: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+def print_report(results: dict[str, Any]) -> None:
     if results["ingestion"]:
         i = results["ingestion"]
-        console.print(f"ingestion: {i['chunks']} chunks from {i['documents']} files in {i['seconds']} s = "
-                      f"[bold]{i['chunks_per_s']} chunks/s[/] (embedding {i['embed_seconds']} s, commit {i['commit_seconds']} s)")
-    table = Table(title=f"retrieve(question, top_k=4): embed + search + lookup, ms (target p50 <= "
-                        f"{results['target']['p50_ms']:g} ms at {results['target']['chunks']:,} chunks)")
-    for column in ("chunks", "index", "p50", "p95", "embed p50", "search p50", "recall@4", "vectors MiB", "SQLite MiB",
-                   "commit s", "others' cores"):
-        table.add_column(column, justify="right")
-    for row in results["indexes"]:
-        table.add_row(f"{row['chunks']:,}", row["layout"], f"{row['total_ms']['p50']:.2f}", f"{row['total_ms']['p95']:.2f}",
-                      f"{row['embed_ms']['p50']:.2f}", f"{row['search_ms']['p50']:.2f}", f"{row['recall@4']:.3f}",
-                      f"{row['vectors_bytes'] / 2**20:.1f}", f"{row['sqlite_bytes'] / 2**20:.1f}",
-                      f"{row['commit_seconds']:.2f}", f"{row['other_cores']:.2f}")
-    console.print(table)
+        harness.print_notes([(f"ingestion: {i['chunks']} chunks from {i['documents']} files in {i['seconds']} s = "
+                              f"{i['chunks_per_s']} chunks/s (embedding {i['embed_seconds']} s, commit {i['commit_seconds']} s)",
+                              None)])
+    rows = [(f"{row['chunks']:,}", row["layout"], f"{row['total_ms']['p50']:.2f}", f"{row['total_ms']['p95']:.2f}",
+             f"{row['embed_ms']['p50']:.2f}", f"{row['search_ms']['p50']:.2f}", f"{row['recall@4']:.3f}",
+             f"{row['vectors_bytes'] / 2**20:.1f}", f"{row['sqlite_bytes'] / 2**20:.1f}",
+             f"{row['commit_seconds']:.2f}", f"{row['other_cores']:.2f}") for row in results["indexes"]]
+    harness.print_table(f"retrieve(question, top_k=4): embed + search + lookup, ms (target p50 <= "
+                        f"{results['target']['p50_ms']:g} ms at {results['target']['chunks']:,} chunks)",
+                        ("chunks", "index", "p50", "p95", "embed p50", "search p50", "recall@4", "vectors MiB",
+                         "SQLite MiB", "commit s", "others' cores"), rows, left=())
 
 
 if __name__ == "__main__":
