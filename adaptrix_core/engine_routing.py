@@ -61,7 +61,7 @@ class RoutingMixin:
     def routing_candidates(self) -> list[AdapterCard]:
         """Cards of every valid adapter in the store (refreshed when an adapter's metadata changes)."""
         manager = self.adapter_manager
-        stamp = tuple((name, _mtime(manager.path(name) / "adaptrix.json"), _mtime(manager.path(name) / "adapter_model.safetensors"))
+        stamp = tuple((name, _mtime(manager.directory / name / "adaptrix.json"), _mtime(manager.directory / name / "adapter_model.safetensors"))
                       for name in manager.names())
         if self._cards is None or self._cards[0] != stamp:
             extra = self.config.router.keywords
