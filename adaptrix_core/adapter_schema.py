@@ -8,7 +8,6 @@ The first problem is reported as ``adapter_config.json: <field>: <problem>``.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Literal, Optional, Union
 
@@ -20,9 +19,9 @@ from adaptrix_core.errors import AdapterConfigError
 CONFIG_FILE = "adapter_config.json"
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 # Variants whose sub-config makes peft build other layers, or rewrite the base weights (KaSA).
+# Megatron layers need the megatron package and model-parallel state a served model does not have.
 UNSUPPORTED_VARIANTS = ("kasa_config", "velora_config", "monteclora_config", "use_bdlora", "arrow_config",
-                        "lora_ga_config", "alora_invocation_tokens")
-SAFE_INITS = (True, False, "gaussian")
+                        "lora_ga_config", "alora_invocation_tokens", "megatron_config")
 
 
 def _regex(value: str) -> str:
@@ -49,8 +48,8 @@ def _at_least(low: float, high: float | None = None):
     return check
 
 
-def _regex_keys(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    for key in value or {}:
+def _regex_keys(value: dict[str, Any]) -> dict[str, Any]:
+    for key in value:
         _regex(key)
     return value
 
@@ -108,8 +107,9 @@ class LoraConfigSchema(BaseModel):
     modules_to_save: Optional[list[Name]] = None
     layers_to_transform: Optional[Union[list[Index], Index]] = None
     layers_pattern: Optional[Union[list[Name], Name]] = None
-    rank_pattern: Annotated[Optional[dict[str, Rank]], AfterValidator(_regex_keys)] = None
-    alpha_pattern: Annotated[Optional[dict[str, Number]], AfterValidator(_regex_keys)] = None
+    # peft declares these Optional but calls .keys() on them: null is refused, {} is "none".
+    rank_pattern: Annotated[dict[str, Rank], AfterValidator(_regex_keys)] = {}
+    alpha_pattern: Annotated[dict[str, Number], AfterValidator(_regex_keys)] = {}
     target_parameters: Optional[list[Name]] = None
     trainable_token_indices: Optional[Union[list[Index], dict[str, list[Index]]]] = None
     layer_replication: None = None
@@ -176,23 +176,28 @@ def _check_combinations(schema: LoraConfigSchema, config: dict[str, Any]) -> Non
     """Settings peft refuses together, and variants Adaptrix does not serve."""
     for field in UNSUPPORTED_VARIANTS:
         if config.get(field) is not None:
-            _refuse(field, "this LoRA variant is not supported by Adaptrix; only plain LoRA, rsLoRA and DoRA "
-                           "adapters load (the field must be null)")
+            _refuse(field, "not supported by Adaptrix, which serves plain LoRA, rsLoRA and DoRA adapters on one "
+                           "shared model (the field must be null)")
+    # Both wrap modules of the shared model itself (embedding rows, whole copies of layers); peft leaves
+    # those wrappers behind when such an adapter fails to load, breaking every later load.
+    if schema.trainable_token_indices is not None:
+        _refuse("trainable_token_indices", "adapters that train token embeddings are not supported (it must be null)")
+    if schema.modules_to_save:
+        _refuse("modules_to_save", "adapters that carry full copies of model modules are not supported "
+                                   "(it must be null or empty)")
     if isinstance(schema.target_modules, str) and schema.layers_to_transform is not None:
         _refuse("layers_to_transform", "cannot be used when target_modules is a regular expression (a string)")
     if isinstance(schema.target_modules, str) and schema.layers_pattern is not None:
         _refuse("layers_pattern", "cannot be used when target_modules is a regular expression (a string)")
     if schema.layers_pattern and schema.layers_to_transform is None:
         _refuse("layers_pattern", "is set but layers_to_transform is not; set both or neither")
-    if schema.use_dora and schema.megatron_config:
-        _refuse("use_dora", "DoRA cannot be combined with megatron_config")
     if schema.lora_bias and schema.use_dora:
         _refuse("lora_bias", "lora_bias=true cannot be combined with use_dora=true")
 
 
 def expected_rank(schema: LoraConfigSchema, module: str) -> int:
     """The rank peft gives ``module``: the first ``rank_pattern`` key matching its path, else ``r``."""
-    for key, rank in (schema.rank_pattern or {}).items():
+    for key, rank in schema.rank_pattern.items():
         if re.match(rf"(.*\.)?({key})$", module):
             return rank
     return schema.r

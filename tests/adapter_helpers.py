@@ -40,7 +40,7 @@ def make_seed_store(engine, store: Path) -> None:
     """Two real, untrained (but non-zero) adapters saved by the engine into its store: 'good' and 'other'."""
     import torch
 
-    for name, rank in zip(GOOD, (4, 2)):
+    for name, rank in zip(GOOD, (4, 2), strict=True):
         engine.create_adapter(name, layers="all", rank=rank)
         with torch.no_grad():  # lora_B starts at zero; make the adapter change answers like a trained one
             for parameter in engine.backend.lora.parameters(name):

@@ -12,12 +12,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from adapter_helpers import (
+    CONFIG,
+    GOOD,
+    META,
+    WEIGHTS,
+    clone_adapter,
+    copy_good,
+    edit_json,
+    make_seed_store,
+    safetensors_bytes,
+    tree_digest,
+)
 from click.testing import CliRunner
 
-from adapter_helpers import (
-    CONFIG, GOOD, META, WEIGHTS, clone_adapter, copy_good, edit_json, make_seed_store, read_header,
-    safetensors_bytes, tree_digest,
-)
 from adaptrix_core import ModularAdaptrixEngine
 from adaptrix_core.adapter_meta import AdapterMetadata
 from adaptrix_core.adapter_store import AdapterManager
@@ -353,7 +361,9 @@ BAD_CONFIGS = [
     ("init_lora_weights", None), ("task_type", "CHAT"), ("task_type", 3), ("base_model_name_or_path", 7),
     ("base_model_name_or_path", ["a"]), ("peft_type", 5), ("peft_type", None), ("peft_type", ["LORA"]),
     ("inference_mode", "yes"), ("modules_to_save", "lm_head"), ("layer_replication", [[0, 1]]),
-    ("kasa_config", {}), ("alora_invocation_tokens", [1, 2]), ("revision", 3),
+    ("kasa_config", {}), ("alora_invocation_tokens", [1, 2]), ("revision", 3), ("megatron_config", {"tp": 2}),
+    ("rank_pattern", None), ("alpha_pattern", None), ("trainable_token_indices", [5]), ("trainable_token_indices", []),
+    ("modules_to_save", ["lm_head"]),
 ]
 
 
@@ -391,13 +401,18 @@ def test_configs_from_other_peft_versions_still_load(engine, engine_store):
     assert engine.load_adapter("newer").name == "newer"
 
 
-@pytest.mark.parametrize("field, value", [("r", "4"), ("target_modules", 7), ("lora_dropout", 3), ("init_lora_weights", "pissa")])
+@pytest.mark.parametrize("field, value", [("r", "4"), ("target_modules", 7), ("lora_dropout", 3), ("init_lora_weights", "pissa"),
+                                          ("rank_pattern", None), ("trainable_token_indices", [5]), ("modules_to_save", ["lm_head"])])
 def test_bad_configs_never_reach_peft(engine, engine_store, field, value):
+    """Each of these made peft raise a raw error (or, for trainable tokens, left a wrapper in the shared
+    model that broke every later load); the schema refuses them before peft sees them."""
     folder = clone_adapter(engine_store, "good", "broken")
     edit_json(folder / CONFIG, **{field: value})
     with pytest.raises(AdapterConfigError, match=f"adapter_config.json: {field}: "):
         engine.load_adapter("broken")
     assert "broken" not in engine.loaded_adapters()
+    clone_adapter(engine_store, "good", "after")
+    assert engine.load_adapter("after").name == "after"  # the model is still fit to load adapters
 
 
 # -- 4. one broken entry never breaks a listing ---------------------------------------------------------
