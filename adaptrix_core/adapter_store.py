@@ -269,7 +269,12 @@ class AdapterManager:
         shutil.rmtree(retired, ignore_errors=True)
 
     def update_metadata(self, name: str, **changes: Any) -> AdapterMetadata:
-        """Change metadata fields (description, routing, metrics, ...); the weights stay as they are."""
+        """Change metadata fields (description, routing, metrics, ...); the weights stay as they are.
+
+        ``weights_sha256`` cannot be changed this way (the adapter would fail its integrity check).
+        """
+        if "weights_sha256" in changes:
+            raise AdapterMetadataError(f"update_metadata cannot change the weights_sha256 of adapter {name!r}; save records it.")
         meta = AdapterMetadata.model_validate({**self.metadata(name).model_dump(), **changes})
         folder = self._folder(name)
         try:

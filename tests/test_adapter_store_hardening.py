@@ -489,8 +489,10 @@ def test_every_kind_of_broken_entry_is_listed_with_its_problem(store, tmp_path):
 def test_broken_entries_in_engine_and_cli_listings(engine, engine_store, tmp_path, monkeypatch):
     expected = _break_store(engine_store, tmp_path)
     trap = clone_adapter(engine_store, "good", "markup")  # a valid adapter whose description rich would choke on
-    edit_json(trap / META, description="[/] a [bold]markup[/bold] trap")
-    valid = {*GOOD, "markup"}
+    edit_json(trap / META, description="[/] a [bold]markup[/bold] trap",
+              performance_metrics={"metric": "exact_match", "exact_match": "high", "base_exact_match": None})
+    edit_json(clone_adapter(engine_store, "good", "metric-list") / META, performance_metrics={"metric": ["exact_match"]})
+    valid = {*GOOD, "markup", "metric-list"}
     rows = {row["name"]: row for row in engine.list_adapters()}
     assert set(rows) == set(expected) | valid
     assert all(rows[name]["problem"] for name in expected) and not any(rows[name]["problem"] for name in valid)
@@ -583,6 +585,8 @@ def test_metadata_of_the_wrong_type_is_a_typed_error(store):
         manager.import_peft(store / "good", "copy", description=5)
     with pytest.raises(AdapterMetadataError, match="rank"):
         manager.update_metadata("good", rank="many")
+    with pytest.raises(AdapterMetadataError, match="weights_sha256"):
+        manager.update_metadata("good", weights_sha256="0" * 64)
     with pytest.raises(AdapterMetadataError, match="routing"):
         AdapterMetadata(name="ok", rank=4, alpha=8, routing={"keywords": 3})
     assert tree_digest(store) == before
