@@ -8,23 +8,37 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adaptrix_core.errors import AdapterError
+from adaptrix_core.errors import AdapterMetadataError, InvalidAdapterNameError
 
 METADATA_FILE = "adaptrix.json"
 PEFT_CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# Matched with fullmatch: "$" alone would accept a trailing newline. ASCII classes only, so no control
+# characters, separators or look-alike letters can get into a folder name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 def check_adapter_name(name: Any) -> str:
     """Adapter names are folder names: letters, digits, '_', '-', '.'; no paths; at most 64 characters."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
-        raise AdapterError(
-            f"Invalid adapter name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit."
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        shown = repr(name) if isinstance(name, str) else f"{type(name).__name__} {name!r}"
+        raise InvalidAdapterNameError(
+            f"Invalid adapter name {shown[:80]}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit."
         )
     return name
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field: problem (got value)`` for each problem pydantic found, joined by '; '."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        got = repr(error.get("input"))
+        problems.append(f"{where}: {message}" + ("" if error["type"] == "missing" else f" (got {got[:60]})"))
+    return "; ".join(problems)
 
 
 def sha256_of(path: Path) -> str:
@@ -70,6 +84,25 @@ class AdapterMetadata(BaseModel):
     weights_sha256: str | None = Field(None, description="sha256 of adapter_model.safetensors.")
     training: dict[str, Any] = Field(default_factory=dict, description="How it was trained (data, epochs, seed).")
 
+    def __init__(self, /, **data: Any) -> None:
+        """Build metadata; a bad name raises ``InvalidAdapterNameError``, any other bad field ``AdapterMetadataError``."""
+        if "name" in data:
+            check_adapter_name(data["name"])
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise AdapterMetadataError(f"Invalid adapter metadata: {describe_validation_error(exc)}.") from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> "AdapterMetadata":
+        """Like pydantic's, but errors are ``InvalidAdapterNameError`` / ``AdapterMetadataError``."""
+        if isinstance(obj, dict) and "name" in obj:
+            check_adapter_name(obj["name"])
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise AdapterMetadataError(f"Invalid adapter metadata: {describe_validation_error(exc)}.") from None
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
@@ -77,7 +110,11 @@ class AdapterMetadata(BaseModel):
 
     @classmethod
     def from_peft_config(cls, name: str, config: dict[str, Any], **extra: Any) -> "AdapterMetadata":
-        """Derive metadata from a PEFT ``adapter_config.json`` made elsewhere."""
+        """Derive metadata from a PEFT ``adapter_config.json`` made elsewhere (checked against its schema first)."""
+        from adaptrix_core.adapter_schema import validate_adapter_config
+
+        check_adapter_name(name)
+        validate_adapter_config(config)
         targets = config.get("target_modules") or []
         layers = config.get("layers_to_transform")
         values: dict[str, Any] = {

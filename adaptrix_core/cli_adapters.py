@@ -19,6 +19,25 @@ def _store(opts: EngineOptions):
     return AdapterManager(opts.config().adapters.directory)
 
 
+def _shown(text: Any) -> str:
+    """Text for a rich table or line: markup escaped; names with control characters shown as repr."""
+    from rich.markup import escape
+
+    text = str(text)
+    return escape(text if text.isprintable() else repr(text))
+
+
+def _score(metrics: Any) -> str:
+    """'47% (base 0%)' from performance_metrics, or '' when they hold no such numbers."""
+    if not isinstance(metrics, dict):
+        return ""
+    metric = metrics.get("metric")
+    value, base = (metrics.get(metric), metrics.get(f"base_{metric}", 0)) if isinstance(metric, str) else (None, None)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, base)):
+        return ""
+    return f"{value:.0%} (base {base:.0%})"
+
+
 def _print_listing(rows: list[dict[str, Any]], active: list[str]) -> None:
     from rich.table import Table
 
@@ -26,14 +45,11 @@ def _print_listing(rows: list[dict[str, Any]], active: list[str]) -> None:
     for column in ("name", "active", "layers", "rank", "held-out score", "description / problem"):
         table.add_column(column)
     for row in rows:
-        metrics = row.get("performance_metrics") or {}
-        metric = metrics.get("metric")
-        score = f"{metrics[metric]:.0%} (base {metrics.get('base_' + metric, 0):.0%})" if metric in metrics else ""
         layers = row.get("target_layers")
-        table.add_row(row["name"], "yes" if row["name"] in active else "",
+        table.add_row(_shown(row["name"]), "yes" if row["name"] in active else "",
                       f"{layers[0]}-{layers[-1]}" if layers else ("all" if row.get("rank") else ""),
-                      str(row.get("rank") or ""), score,
-                      f"[red]{row['problem']}[/]" if row.get("problem") else row.get("description", ""))
+                      str(row.get("rank") or ""), _score(row.get("performance_metrics")),
+                      f"[red]{_shown(row['problem'])}[/]" if row.get("problem") else _shown(row.get("description", "")))
     _console().print(table)
 
 
@@ -281,6 +297,8 @@ def adapters_validate(names, files_only: bool, opts: EngineOptions, as_json: boo
                 results[name] = {"valid": True, "problem": None}
             except AdapterError as exc:
                 results[name] = {"valid": False, "problem": str(exc), "error": type(exc).__name__}
+            except Exception as exc:  # one broken adapter must not hide the verdict on the others
+                results[name] = {"valid": False, "problem": f"unexpected error: {exc}", "error": type(exc).__name__}
     finally:
         if engine is not None:
             engine.cleanup()
@@ -288,8 +306,8 @@ def adapters_validate(names, files_only: bool, opts: EngineOptions, as_json: boo
         _emit_json({"adapters": results})
     else:
         for name, result in results.items():
-            mark = "[green]ok[/]" if result["valid"] else f"[red]{result['error']}[/]: {result['problem']}"
-            _console().print(f"{name}: {mark}")
+            mark = "[green]ok[/]" if result["valid"] else f"[red]{result['error']}[/]: {_shown(result['problem'])}"
+            _console().print(f"{_shown(name)}: {mark}")
     failed = [name for name, result in results.items() if not result["valid"]]
     if failed:
         fail(f"{len(failed)} of {len(results)} adapters failed validation: {', '.join(failed)}.")

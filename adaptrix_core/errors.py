@@ -103,6 +103,26 @@ class AdapterExistsError(AdapterError):
     """An adapter of that name already exists and overwrite was not asked for."""
 
 
+class InvalidAdapterNameError(AdapterError):
+    """An adapter name is not a plain folder name (1-64 letters, digits, '_', '-', '.'; no paths, no control characters)."""
+
+
+class AdapterConfigError(AdapterCorruptError):
+    """An adapter's ``adapter_config.json`` holds a value of the wrong type or shape, or a setting Adaptrix refuses."""
+
+
+class AdapterMetadataError(AdapterError):
+    """Adapter metadata (``adaptrix.json`` fields, or metadata passed to save/import) has a value of the wrong type."""
+
+
+class AdapterExportError(AdapterError):
+    """An export destination would overwrite the adapter store or the adapter's own files; nothing was written."""
+
+
+class AdapterStoreError(AdapterError):
+    """The adapter store (or an export destination) could not be read or written: permissions, disk, not a folder."""
+
+
 class TrainingDataError(AdaptrixError, ValueError):
     """Training data is missing, malformed or too small."""
 

@@ -234,13 +234,16 @@ def test_broken_adapter_is_reported_and_left_untouched(trained, store, breaker, 
         assert listing["yes"]["problem"]
 
 
-def test_adapter_of_other_shapes_is_rejected(trained, store):
+def test_adapter_of_other_shapes_is_rejected(trained, store, tmp_path):
     """Same family, same base model name, but weights for layers of another width: refused before loading."""
+    import shutil
+
     from safetensors.torch import load_file, save_file
 
     from adaptrix_core.adapter_meta import sha256_of
 
-    folder = AdapterManager(store).export("yes", store / "wide")
+    # Export refuses destinations inside the store, so the doctored copy is put there by hand.
+    folder = shutil.copytree(AdapterManager(store).export("yes", tmp_path / "exported"), store / "wide")
     weights = load_file(str(folder / "adapter_model.safetensors"))
     wider = {key: torch.zeros(t.shape[0], t.shape[1] * 2) if ".lora_A." in key else t for key, t in weights.items()}
     save_file(wider, str(folder / "adapter_model.safetensors"))
