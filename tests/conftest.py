@@ -17,7 +17,6 @@ is imported (before any test imports transformers), and the tiny models are buil
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,8 +24,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_models import KINDS, build_tiny_model  # noqa: E402
 

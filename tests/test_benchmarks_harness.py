@@ -6,14 +6,11 @@ import argparse
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 
 # -- figures ----------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def store(paths, model: str = NO_MODEL) -> list[str]:
     (["--adapter", "a=nan"], 2, "UsageError", "not finite"),
     (["--adapter", ","], 2, "UsageError", "names no adapter"),
     (["--adapter", "auto"], 2, "UsageError", "needs a router"),
-    (["--adapter", "../evil"], 1, "AdapterError", "Invalid adapter name '../evil'"),
+    (["--adapter", "../evil"], 1, "InvalidAdapterNameError", "Invalid adapter name '../evil'"),
     (["--adapter", "nope"], 1, "AdapterNotFoundError", "No adapter named 'nope'"),
     (["--adapter", "taken=0.5,nope=0.5"], 1, None, None),
     (["--router", "nosuch"], 1, "ConfigError", "--router 'nosuch' is not registered"),
@@ -126,7 +126,7 @@ def test_query_context_overflow_is_one_line(paths, tiny_model_dir, monkeypatch):
 def test_messages_use_cli_terms_and_stay_on_one_line():
     from pydantic import BaseModel, ValidationError
 
-    from adaptrix_core.cli_output import cli_terms, describe
+    from adaptrix_core.cli.output import cli_terms, describe
 
     assert cli_terms("Adapter 'x' already exists; pass overwrite=True to replace it.") == \
         "Adapter 'x' already exists; pass --overwrite to replace it."
@@ -178,7 +178,7 @@ def test_list_commands(paths):
 
 def test_load_unload_active(paths):
     check(["load", "nope", *store(paths)], 1, "AdapterNotFoundError", "No adapter named 'nope'")
-    check(["load", "../x", *store(paths)], 1, "AdapterError", "Invalid adapter name")
+    check(["load", "../x", *store(paths)], 1, "InvalidAdapterNameError", "Invalid adapter name")
     check(["load", *store(paths)], 2, "UsageError", "NAMES")
     check(["unload", "nope", *store(paths)], 1, "AdapterNotFoundError", "Not active: nope")
     check(["active", "--config", str(paths / "bad.yaml")], 1, "ConfigError", "bad.yaml")
@@ -188,7 +188,7 @@ def test_train_checks_run_before_the_model_loads(paths):
     common = ["--data", str(paths / "good.jsonl"), *store(paths)]
     message = check(["train", "--name", "taken", *common], 1, "AdapterExistsError", "pass --overwrite to retrain it")
     assert "overwrite=True" not in message
-    check(["train", "--name", "two words", *common], 1, "AdapterError", "Invalid adapter name")
+    check(["train", "--name", "two words", *common], 1, "InvalidAdapterNameError", "Invalid adapter name")
     check(["train", "--name", "n", "--data", str(paths / "bad.jsonl"), *store(paths)], 1, "TrainingDataError", "line 2")
     check(["train", "--name", "n", "--data", str(paths / "missing.jsonl"), *store(paths)], 2, "UsageError", "'--data'")
     check(["train", "--name", "n", "--eval-data", str(paths / "bad.jsonl"), *common], 1, "TrainingDataError")
@@ -218,12 +218,12 @@ def test_adapters_subcommands(paths, trained):
                     "--overwrite")
     assert "overwrite=True" not in message
     check(["adapters", "validate", "nope", *common], 1, "AdapterNotFoundError", "No adapter named 'nope'")
-    check(["adapters", "validate", "../x", *common], 1, "AdapterError", "Invalid adapter name")
+    check(["adapters", "validate", "../x", *common], 1, "InvalidAdapterNameError", "Invalid adapter name")
     check(["adapters", "export", "nope", str(paths / "out"), *common], 1, "AdapterNotFoundError")
     message = check(["adapters", "export", "yes", str(paths / "exported"), *common], 1, "AdapterExistsError", "--overwrite")
     assert "overwrite=True" not in message
     check(["adapters", "delete", "nope", "--yes", *common], 1, "AdapterNotFoundError")
-    check(["adapters", "delete", "../x", "--yes", *common], 1, "AdapterError", "Invalid adapter name")
+    check(["adapters", "delete", "../x", "--yes", *common], 1, "InvalidAdapterNameError", "Invalid adapter name")
     aborted = invoke("adapters", "delete", "yes", *common)  # no --yes and nothing on stdin
     assert_one_error(aborted, [], 1, text="Aborted")
     assert (paths / "adapters" / "yes").is_dir()
@@ -287,7 +287,7 @@ def test_os_errors_from_user_paths(paths, monkeypatch):
 
 
 def test_internal_errors_are_one_line_and_verbose_shows_the_traceback(paths, monkeypatch):
-    from adaptrix_core import cli_adapters
+    from adaptrix_core.cli import adapters as cli_adapters
 
     def broken(config):
         raise ZeroDivisionError("boom")
@@ -302,7 +302,7 @@ def test_internal_errors_are_one_line_and_verbose_shows_the_traceback(paths, mon
 
 
 def test_keyboard_interrupt_exits_130(paths, monkeypatch):
-    from adaptrix_core import cli_adapters
+    from adaptrix_core.cli import adapters as cli_adapters
 
     def interrupted(config):
         raise KeyboardInterrupt

@@ -194,3 +194,26 @@ def test_router_factory_with_wrong_signature_fails_at_plugin_load(plugin_sandbox
     engine = ModularAdaptrixEngine(adapters_dir=str(tmp_path), router="wrong")
     with pytest.raises(PluginError, match="'wrong_router' registered router 'wrong' wrongly"):
         engine.route("hello")
+
+
+def test_third_party_package_adds_family_router_and_cli_command(plugin_sandbox, stablelm_dir, tmp_path):
+    _add_site("site")
+    registry = collect()
+    assert registry.provided_by["routers"]["mention"] == "example_stablelm"
+    # The router, through the public engine: "@name" in the prompt picks that adapter.
+    store = tmp_path / "store"
+    engine = ModularAdaptrixEngine(str(stablelm_dir), device="cpu", adapters_dir=str(store), router="mention")
+    engine.create_adapter("poems", layers="all", rank=4)
+    engine.save_adapter("poems", description="writes poems")
+    result = engine.query("@poems write about rain", adapter="auto", max_new_tokens=3, temperature=0)
+    assert result.adapters == ["poems"] and result.routing["router"] == "mention"
+    assert engine.query("plain question", adapter="auto", max_new_tokens=3, temperature=0).adapters == []
+    engine.cleanup()
+    # The CLI command, through the real command line.
+    run = CliRunner().invoke(cli, ["stablelm-info"])
+    assert run.exit_code == 0, run.output
+    assert run.output.strip() == "stablelm: Stability AI StableLM models. (context 4096)"
+    assert "stablelm-info" in CliRunner().invoke(cli, ["--help"]).output
+    listing = json.loads(CliRunner().invoke(cli, ["router", "list", "--json"]).stdout)
+    assert {"name": "mention", "plugin": "example_stablelm"}.items() <= next(
+        r for r in listing["routers"] if r["name"] == "mention").items()

@@ -361,7 +361,6 @@ def test_hnsw_and_ivf_layouts_add_remove_and_search(tmp_path, monkeypatch, index
 def test_index_cli_commands_with_json(tmp_path):
     from click.testing import CliRunner
 
-    import adaptrix_core.cli_index  # noqa: F401  (registers the group)
     from adaptrix_core.cli import cli
 
     runner = CliRunner()
@@ -420,7 +419,6 @@ def test_flat_search_ranks_like_faiss(k):
 def test_cli_query_rag_answers_from_the_index_in_data_dir(tmp_path):
     from click.testing import CliRunner
 
-    import adaptrix_core.cli_index  # noqa: F401  (registers the group)
     from adaptrix_core.cli import cli
 
     runner, where = CliRunner(), ["--data-dir", str(tmp_path / "index")]

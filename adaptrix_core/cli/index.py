@@ -13,9 +13,12 @@ from typing import Any, Callable
 
 import click
 
-from adaptrix_core import cli_params
-from adaptrix_core.cli import _console, _emit_json, _quiet_libraries, cli, handle_errors, json_option
-from adaptrix_core.cli_output import fail, progress_disabled, settings
+from adaptrix_core.cli import params as cli_params
+from adaptrix_core.cli.common import json_option
+from adaptrix_core.cli.output import console as _console
+from adaptrix_core.cli.output import emit_json as _emit_json
+from adaptrix_core.cli.output import fail, handle_errors, progress_disabled, settings
+from adaptrix_core.cli.output import quiet_libraries as _quiet_libraries
 
 
 def index_options(command: Callable) -> Callable:
@@ -39,7 +42,7 @@ def index_options(command: Callable) -> Callable:
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")(wrapper)
 
 
-@cli.group()
+@click.group()
 def index() -> None:
     """The document index used by RAG: add files and folders, list, remove, inspect, search."""
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
-from adaptrix_core import cli_params
-from adaptrix_core.cli import EngineOptions, _console, _emit_json, cli, handle_errors, json_option, model_options
+from adaptrix_core.cli import params as cli_params
+from adaptrix_core.cli.common import EngineOptions, json_option, model_options
+from adaptrix_core.cli.output import console as _console
+from adaptrix_core.cli.output import emit_json as _emit_json
+from adaptrix_core.cli.output import handle_errors
 
 
-@cli.group()
+@click.group()
 def router() -> None:
     """Adapter routers: list them, fit them, evaluate them on labelled prompts."""
 

@@ -7,10 +7,12 @@ from typing import Any
 
 import click
 
-from adaptrix_core import cli_params
-from adaptrix_core.cli import EngineOptions, _console, _emit_json, cli, handle_errors, json_option, model_options
-from adaptrix_core.cli_output import fail, progress_disabled
-from adaptrix_core.cli_state import active_adapters_for, set_active_adapters
+from adaptrix_core.cli import params as cli_params
+from adaptrix_core.cli.common import EngineOptions, json_option, model_options
+from adaptrix_core.cli.output import console as _console
+from adaptrix_core.cli.output import emit_json as _emit_json
+from adaptrix_core.cli.output import fail, handle_errors, progress_disabled
+from adaptrix_core.cli.state import active_adapters_for, set_active_adapters
 
 
 def _store(opts: EngineOptions):
@@ -68,7 +70,7 @@ def _list(opts: EngineOptions, as_json: bool) -> None:
         _print_listing(rows, active)
 
 
-@cli.command("list")
+@click.command("list")
 @model_options
 @json_option
 @handle_errors
@@ -77,7 +79,7 @@ def list_command(opts: EngineOptions, as_json: bool) -> None:
     _list(opts, as_json)
 
 
-@cli.command("list-adapters")
+@click.command("list-adapters")
 @model_options
 @json_option
 @handle_errors
@@ -86,7 +88,7 @@ def list_adapters_command(opts: EngineOptions, as_json: bool) -> None:
     _list(opts, as_json)
 
 
-@cli.command()
+@click.command()
 @click.argument("names", nargs=-1, required=True)
 @model_options
 @json_option
@@ -115,7 +117,7 @@ def load(names: tuple[str, ...], opts: EngineOptions, as_json: bool) -> None:
     _console().print(f"active: {', '.join(active)}")
 
 
-@cli.command()
+@click.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "unload_all", is_flag=True, help="Deactivate every adapter.")
 @model_options
@@ -138,7 +140,7 @@ def unload(names: tuple[str, ...], unload_all: bool, opts: EngineOptions, as_jso
         _console().print(f"active: {', '.join(remaining) or 'none (base model)'}")
 
 
-@cli.command()
+@click.command()
 @model_options
 @json_option
 @handle_errors
@@ -160,7 +162,7 @@ def _layers_option(value: str) -> Any:
         raise click.BadParameter("use middle, quartiles, all or comma-separated indices", param_hint="--layers") from None
 
 
-@cli.command()
+@click.command()
 @click.option("--name", required=True, help="Name of the new adapter.")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL training data.")
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), help="Held-out JSONL (default: --eval-split of --data).")
@@ -231,7 +233,7 @@ def _check_training_inputs(name: str, data_path: str, eval_data: str | None, ove
         load_examples(eval_data)
 
 
-@cli.group()
+@click.group()
 def adapters() -> None:
     """Manage the adapter store: import, validate, export, delete."""
 
