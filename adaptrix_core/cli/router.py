@@ -48,7 +48,7 @@ def router_list(as_json: bool) -> None:
 @handle_errors
 def router_fit(router_name: str, data: str | None, opts: EngineOptions, as_json: bool) -> None:
     """Train the classifier head or calibrate the semantic thresholds; saves them beside the adapters."""
-    from adaptrix_core.engine_routing import load_labelled
+    from adaptrix_core.routing.service import load_labelled
 
     cli_params.check_router_name(router_name)
     if data is not None:
@@ -69,7 +69,7 @@ def router_fit(router_name: str, data: str | None, opts: EngineOptions, as_json:
 @handle_errors
 def router_eval(data: str, router_names: tuple[str, ...], opts: EngineOptions, as_json: bool) -> None:
     """Accuracy, macro-F1, confusion matrix and routing latency on labelled prompts."""
-    from adaptrix_core.engine_routing import load_labelled
+    from adaptrix_core.routing.service import load_labelled
 
     names = router_names or ("keyword", "semantic", "classifier")
     for name in names:
