@@ -10,12 +10,13 @@ commit and searches take it.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from adaptrix_core.errors import DocumentError, DocumentNotFoundError, InvalidPromptError
+from adaptrix_core.errors import ConfigError, DocumentError, DocumentNotFoundError, InvalidPromptError
 
 IngestProgress = Callable[[int, int], None]
 """``progress(done, total)``: chunks embedded so far out of those this call embeds."""
@@ -74,6 +75,8 @@ class RagMixin:
         from adaptrix_core.rag.readers import from_text, read_file
         from adaptrix_core.rag.store import Addition
 
+        if progress is not None and not callable(progress):
+            raise ConfigError(f"progress must be a function progress(done, total) or None, got {type(progress).__name__}.")
         started = time.perf_counter()
         report, documents = IngestReport(), {}
         items, report.skipped, report.failed = expand(classify(paths_or_texts))
@@ -128,10 +131,17 @@ class RagMixin:
         """Remove a document (by id, or by the path it was added from); returns its listing."""
         from adaptrix_core.rag.readers import path_doc_id
 
+        if isinstance(doc_id, os.PathLike):
+            doc_id = os.fspath(doc_id)
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            raise DocumentError(f"remove_document() takes a document id or the path it was added from, got {doc_id!r}.")
         with self._lock:
             listing = {d["id"]: d for d in self._store().documents()}
-            if doc_id not in listing and path_doc_id(doc_id) in listing:
-                doc_id = path_doc_id(doc_id)
+            if doc_id not in listing:
+                try:
+                    doc_id = path_doc_id(doc_id) if path_doc_id(doc_id) in listing else doc_id
+                except (OSError, RuntimeError, ValueError):
+                    pass  # not a usable path: only an id can match
             if doc_id not in listing:
                 raise DocumentNotFoundError(f"No document {doc_id!r} in the index {str(self._store().data_dir)!r}; "
                                             "'adaptrix index list' shows the ids.")

@@ -35,6 +35,7 @@ from adaptrix_core.rag.store import IndexStore
 from test_rag import CORPUS, run_crash, snapshot, synthetic_addition
 
 REAL_CONNECT = sqlite3.connect
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # the embedder on 2 shared cores: 1 thread is fastest
 
 
 def make_engine(data_dir: Path, **rag) -> ModularAdaptrixEngine:
@@ -79,7 +80,7 @@ def opened(monkeypatch) -> list[sqlite3.Connection]:
 
 
 @pytest.fixture(scope="module")
-def corpus_index(tmp_path_factory) -> Path:
+def corpus_index(tmp_path_factory, single_torch_thread) -> Path:
     """An index of the Quorvale handbook (7 documents, several SQLite pages), built once; tests copy it."""
     folder = tmp_path_factory.mktemp("hardening") / "corpus-index"
     report = make_engine(folder).add_documents(CORPUS)
@@ -139,6 +140,21 @@ def test_an_explicit_folder_and_texts_still_work(tmp_path, monkeypatch):
     report = engine.add_documents([Path.cwd(), "Tide tables are posted at the harbour office."])
     assert len(report.added) == 2 and report.failed == []
     assert engine.add_documents(".").unchanged == [report.added[0]]  # the string "." is an explicit folder
+
+
+@pytest.mark.parametrize("doc_id", [None, "", "  ", 7, b"id", "bad\x00path.txt", "\ud800"])
+def test_remove_document_refuses_what_is_no_id_or_path(tmp_path, doc_id):
+    engine = make_engine(tmp_path / "index")
+    engine.add_documents("Curlews feed on the mudflats at low tide.")
+    with pytest.raises(DocumentError):
+        engine.remove_document(doc_id)
+    assert len(engine.list_documents()) == 1
+
+
+def test_a_progress_argument_that_is_not_a_function_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="progress"):
+        make_engine(tmp_path / "index").add_documents("Some text.", progress="yes")
+    assert not (tmp_path / "index").exists()
 
 
 @pytest.mark.parametrize("query, top_k, min_score, error", [
@@ -486,3 +502,26 @@ def test_a_failed_first_commit_leaves_an_empty_index_that_works(tmp_path, monkey
     store = IndexStore(tmp_path)
     assert store.stats()["generation"] == 0 and store.documents() == [] and store.search(np.ones(8), 2) == []
     assert store.apply([synthetic_addition("a", 2, 0, dimension=16)], [], "other", 16) == 1  # nothing stored yet
+
+
+def test_a_writer_locked_out_past_the_wait_gets_index_access_error(tmp_path, monkeypatch):
+    from adaptrix_core.rag import storage
+
+    store = IndexStore(tmp_path)
+    store.apply([synthetic_addition("first", 3, 0)], [], "m", 8)
+    committed = snapshot(tmp_path)
+    monkeypatch.setattr(storage, "BUSY_TIMEOUT", 0.05)
+    other = REAL_CONNECT(tmp_path / "chunks.sqlite", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process is mid-commit
+        with pytest.raises(IndexAccessError, match="locked by another process"):
+            store.apply([synthetic_addition("second", 2, 1)], [], "m", 8)
+        assert [d["id"] for d in store.documents()] == ["first"]  # readers are not blocked by a writer
+        other.execute("ROLLBACK")
+        other.execute("BEGIN EXCLUSIVE")  # a commit in progress blocks readers too
+        with pytest.raises(IndexAccessError, match="locked"):
+            IndexStore(tmp_path).stats()
+    finally:
+        other.close()
+    assert snapshot(tmp_path) == committed and not list(tmp_path.glob("*.tmp"))
+    assert store.apply([synthetic_addition("second", 2, 1)], [], "m", 8) == 2
