@@ -297,6 +297,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
             conversation = self._conversation(prompt, use_context)
             sources: list[dict[str, Any]] = []
             if use_rag:
+                self._ready()  # the sampling check needs the model's family and context window
                 self._sampling(gen)  # reject bad arguments before retrieving
                 rag_messages, sources = self._rag_messages(prompt, top_k, min_score)
                 conversation = [*conversation[:-1], *rag_messages]

@@ -9,13 +9,14 @@ commit and searches take it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from adaptrix_core.errors import DocumentError, DocumentNotFoundError, InvalidPromptError
+from adaptrix_core.errors import ConfigError, DocumentError, DocumentNotFoundError, InvalidPromptError
 
 IngestProgress = Callable[[int, int], None]
 """``progress(done, total)``: chunks embedded so far out of those this call embeds."""
@@ -66,14 +67,20 @@ class RagMixin:
         fails); other strings are text documents. Each file
         that cannot be read lands in ``report.failed`` with the reason, and the others are added.
         Unchanged documents (same text and chunking) are skipped; changed ones replace their chunks.
+        An unusable argument (None, an empty list, an empty or blank string, ``Path("")``, bytes, a
+        number, the file-system root) raises ``DocumentError`` before anything is read.
         """
         from adaptrix_core.rag.chunking import chunk_document
+        from adaptrix_core.rag.inputs import classify, expand
         from adaptrix_core.rag.readers import from_text, read_file
         from adaptrix_core.rag.store import Addition
 
+        if progress is not None and not callable(progress):
+            raise ConfigError(f"progress must be a function progress(done, total) or None, got {type(progress).__name__}.")
         started = time.perf_counter()
         report, documents = IngestReport(), {}
-        for kind, item in _expand(paths_or_texts, report):
+        items, report.skipped, report.failed = expand(classify(paths_or_texts))
+        for kind, item in items:
             try:
                 document = read_file(item) if kind == "path" else from_text(item)
             except DocumentError as exc:
@@ -124,10 +131,17 @@ class RagMixin:
         """Remove a document (by id, or by the path it was added from); returns its listing."""
         from adaptrix_core.rag.readers import path_doc_id
 
+        if isinstance(doc_id, os.PathLike):
+            doc_id = os.fspath(doc_id)
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            raise DocumentError(f"remove_document() takes a document id or the path it was added from, got {doc_id!r}.")
         with self._lock:
             listing = {d["id"]: d for d in self._store().documents()}
-            if doc_id not in listing and path_doc_id(doc_id) in listing:
-                doc_id = path_doc_id(doc_id)
+            if doc_id not in listing:
+                try:
+                    doc_id = path_doc_id(doc_id) if path_doc_id(doc_id) in listing else doc_id
+                except (OSError, RuntimeError, ValueError):
+                    pass  # not a usable path: only an id can match
             if doc_id not in listing:
                 raise DocumentNotFoundError(f"No document {doc_id!r} in the index {str(self._store().data_dir)!r}; "
                                             "'adaptrix index list' shows the ids.")
@@ -155,15 +169,18 @@ class RagMixin:
         return self._search(query, top_k, min_score)[1]
 
     def _search(self, query: str, top_k: int | None, min_score: float | None) -> tuple[Any, list[dict[str, Any]]]:
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidPromptError("retrieve() needs a non-empty query string.")
+        from adaptrix_core.rag.inputs import check_text
+
+        query = check_text(query, "The retrieve() query")
         top_k = self.config.rag.top_k if top_k is None else top_k
         min_score = self.config.rag.min_score if min_score is None else min_score
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InvalidPromptError(f"top_k must be a positive integer, got {top_k!r}.")
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or math.isnan(min_score):
+            raise InvalidPromptError(f"min_score must be a number (a cosine similarity, -1 to 1), got {min_score!r}.")
         vector = self.embedder.encode([query])[0]
         with self._lock:
-            hits = self._store().search(vector, top_k)
+            hits = self._store().search(vector, top_k, self._embedding_name())
         return vector, [hit for hit in hits if hit["score"] >= min_score]
 
     def _rag_messages(self, prompt: str, top_k: int | None, min_score: float | None) -> tuple[list[dict], list[dict]]:
@@ -182,12 +199,10 @@ class RagMixin:
         if count is None:
             texts = [" ".join(hit["text"].split()) for hit in hits]
         else:
-            candidates = []
-            with self._lock:
-                store = self._store()
-                for hit in hits:
-                    offset, text = store.span(hit["document"], hit["start"] - 400, hit["end"] + 400)
-                    candidates.append(sentences_in(text, hit["start"] - offset, hit["end"] - offset))
+            with self._lock:  # one read transaction for every passage's neighbourhood
+                around = self._store().spans([(hit["document"], hit["start"] - 400, hit["end"] + 400) for hit in hits])
+            candidates = [sentences_in(text, hit["start"] - offset, hit["end"] - offset)
+                          for hit, (offset, text) in zip(hits, around)]
             texts = [" ".join(chosen) for chosen in select(prompt, vector, candidates, self.embedder.encode, count)]
         sources = [dict(hit, excerpt=text) for hit, text in zip(hits, texts) if text]
         if not sources:
@@ -196,39 +211,6 @@ class RagMixin:
             source["citation"] = number
         content = build_prompt(prompt, sources, [s["excerpt"] for s in sources], cite=self.config.rag.cite)
         return [{"role": "user", "content": content}], sources
-
-
-def _expand(items: Any, report: IngestReport) -> Iterable[tuple[str, Any]]:
-    """("path", Path) / ("text", str) pairs for the inputs; folders become their supported files."""
-    from adaptrix_core.rag.readers import SUFFIXES, walk
-
-    if isinstance(items, (str, os.PathLike)):
-        items = [items]
-    for item in items:
-        if isinstance(item, os.PathLike) or (isinstance(item, str) and _looks_like_path(item, SUFFIXES)):
-            path = Path(item).expanduser()
-            if path.is_dir():
-                supported, other = walk(path)
-                report.skipped.extend(str(p) for p in other)
-                yield from (("path", p) for p in supported)
-            else:
-                yield "path", path
-        elif isinstance(item, str):
-            yield "text", item
-        else:
-            report.failed.append((repr(item)[:80], f"expected a path or a text string, got {type(item).__name__}."))
-
-
-def _looks_like_path(text: str, suffixes: dict[str, str]) -> bool:
-    if "\n" in text or len(text) > 4096:
-        return False
-    try:
-        if Path(text).expanduser().exists():
-            return True
-    except OSError:
-        return False
-    suffix = Path(text).suffix.lower()
-    return bool(suffix) and (suffix in suffixes or not any(c.isspace() for c in text))
 
 
 def _excerpt(text: str) -> str:

@@ -137,3 +137,8 @@ class DocumentNotFoundError(DocumentError, LookupError):
 
 class IndexCorruptError(AdaptrixError, RuntimeError):
     """The retrieval index on disk is damaged or its files disagree; they are reported, never modified."""
+
+
+class IndexAccessError(AdaptrixError, OSError):
+    """The retrieval index folder could not be read or written (locked by another writer past the wait,
+    read-only, disk full); the committed index is left as it was."""

@@ -10,9 +10,10 @@ naming the file and the reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterable
@@ -50,22 +51,27 @@ def text_doc_id(text: str) -> str:
 
 def from_text(text: str) -> Document:
     """A raw string as a document."""
-    if not text.strip():
-        raise DocumentError("A text document must hold some non-blank text.")
+    if not isinstance(text, str) or not text.strip():
+        raise DocumentError("A text document must be a string holding some non-blank text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DocumentError(f"The text {text[:40]!r}... holds an invalid character (a lone surrogate) at position "
+                            f"{exc.start}; decode the text correctly first.") from None
     doc_id = text_doc_id(text)
     return Document(doc_id, f"text:{doc_id}", "text", text, ((None, 0, len(text)),))
 
 
 def read_file(path: str | os.PathLike) -> Document:
     """Read one file into a Document; DocumentError if it is missing, unreadable, unsupported or empty."""
-    file = Path(path).expanduser().resolve()
+    file = _resolve(path)
     kind = SUFFIXES.get(file.suffix.lower())
     if kind is None:
         raise DocumentError(f"{str(file)!r}: unsupported format {file.suffix or '(no extension)'!r}; "
                             f"supported: {', '.join(sorted(SUFFIXES))}.")
-    if not file.is_file():
-        raise DocumentError(f"{str(file)!r} does not exist or is not a file.")
     try:
+        if not file.is_file():
+            raise DocumentError(f"{str(file)!r} does not exist or is not a file.")
         if kind == "pdf":
             pages = _pdf_pages(file)
         else:
@@ -84,16 +90,80 @@ def read_file(path: str | os.PathLike) -> Document:
     return Document(path_doc_id(file), str(file), kind, text, spans)
 
 
-def walk(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Files under ``folder`` (recursively, sorted, hidden entries skipped): (supported, other)."""
-    supported, other = [], []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                path = Path(root) / name
-                (supported if path.suffix.lower() in SUFFIXES else other).append(path)
-    return supported, other
+def _resolve(path: str | os.PathLike) -> Path:
+    """The absolute, symlink-free path of ``path``; DocumentError for a link loop or an unusable name."""
+    loop = f"{str(path)!r} is a symbolic link loop (it leads back to itself); fix or remove the link."
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except RuntimeError:  # pathlib's report of a symbolic link loop
+        raise DocumentError(loop) from None
+    except (OSError, ValueError) as exc:
+        if getattr(exc, "errno", None) == errno.ELOOP:
+            raise DocumentError(loop) from None
+        raise DocumentError(f"{str(path)!r} is not a usable file name ({getattr(exc, 'strerror', None) or exc}).") from None
+    try:
+        str(resolved).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DocumentError(f"{str(path)!r}: the file name is not valid UTF-8; rename the file.") from None
+    return resolved
+
+
+@dataclass
+class Walk:
+    """Files found under a folder: supported formats, other formats, and (path, reason) failures."""
+
+    supported: list[Path] = field(default_factory=list)
+    other: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def walk(folder: Path) -> Walk:
+    """Files under ``folder`` (recursively, in name order, hidden entries skipped).
+
+    Links to folders are followed unless they lead back to a folder being walked (or above it): such
+    a loop, a link loop, a broken link and a folder that cannot be listed are ``failed`` entries, so
+    a walk never runs away (into ``/`` through a link, for example) and never raises.
+    """
+    found = Walk()
+    visited: set[Path] = set()
+
+    def visit(directory: Path, real: Path) -> None:
+        visited.add(real)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            found.failed.append((str(directory), f"{str(directory)!r} cannot be listed: {exc.strerror or exc}."))
+            return
+        folders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(directory) / entry.name
+            loop = False
+            try:
+                link, is_dir = entry.is_symlink(), entry.is_dir()
+            except OSError:  # a link loop (or an unreachable target): read_file names the problem
+                link, is_dir, loop = True, False, True
+            if is_dir:
+                folders.append((path, link))
+            elif loop or path.suffix.lower() in SUFFIXES:
+                found.supported.append(path)
+            else:
+                found.other.append(path)
+        for path, link in folders:
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError) as exc:
+                found.failed.append((str(path), f"{str(path)!r} is a symbolic link loop or cannot be followed ({exc})."))
+                continue
+            if link and (target == real or target in real.parents):
+                found.failed.append((str(path), f"{str(path)!r} is a symbolic link loop: it leads back to {str(target)!r}, "
+                                                "a folder being walked; not followed."))
+            elif target not in visited:
+                visit(path, target)
+
+    visit(folder, folder.resolve())
+    return found
 
 
 def _join_pages(pages: Iterable[str], numbered: bool) -> tuple[str, tuple[tuple[int | None, int, int], ...]]:
@@ -110,17 +180,17 @@ def _join_pages(pages: Iterable[str], numbered: bool) -> tuple[str, tuple[tuple[
 
 def _pdf_pages(file: Path) -> list[str]:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(file)
         if reader.is_encrypted:
             raise DocumentError(f"{str(file)!r} is an encrypted PDF; decrypt it first.")
         return [(page.extract_text() or "").strip() for page in reader.pages]
-    except DocumentError:
+    except (DocumentError, OSError):
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DocumentError(f"{str(file)!r} is not a readable PDF: {exc}.") from None
+    except Exception as exc:  # pypdf raises PdfReadError and many built-in types on damaged files
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DocumentError(f"{str(file)!r} is not a readable PDF: {reason}.") from None
 
 
 _SKIPPED = {"script", "style", "template", "noscript", "svg"}

@@ -7,12 +7,20 @@ Layout of the data directory::
 
 Commit protocol (one commit per ``apply``): open a write transaction (``BEGIN IMMEDIATE``), make
 the row changes, write the new FAISS index to ``vectors.<G+1>.faiss.tmp``, fsync it, rename it to
-``vectors.<G+1>.faiss``, record G+1 with the file's size and sha256 in ``meta``, then COMMIT.
-The SQLite commit is the single commit point: a crash before it rolls SQLite back to generation G,
-whose file is still there; a crash after it leaves generation G+1 complete. Files of other
-generations are deleted only after a successful commit. Loading checks that the named file exists
-with the recorded size and sha256, parses, and holds exactly the chunk ids SQLite lists; any
-disagreement raises :class:`IndexCorruptError` and nothing on disk is touched.
+``vectors.<G+1>.faiss``, record G+1 with the file's size and sha256 (and the rows' checksum) in
+``meta``, then COMMIT. The SQLite commit is the single commit point: a crash before it rolls
+SQLite back to generation G, whose file is still there; a crash after it leaves generation G+1
+complete. A failure before it removes the files this commit wrote. Files of other generations are
+deleted only after a successful commit. A new index first commits its empty tables (generation
+0), so an empty or missing ``chunks.sqlite`` beside a vector file always means damage.
+
+Every read and write opens the committed state through :meth:`IndexStore._committed` (or the
+writer's transaction), which verifies it the first time this process meets it (see
+:mod:`adaptrix_core.rag.integrity`): the named vector file exists with the recorded size and
+sha256, parses, holds exactly the chunk ids SQLite lists, and the database passes SQLite's page
+check and matches its recorded row checksum. Any disagreement, and any damaged page a query meets
+later, raises :class:`IndexCorruptError`; nothing on disk is touched. Connections are closed on
+every path, so no read leaves a lock behind.
 
 Readers run inside one read transaction, so the FAISS file they load matches the rows they read;
 writers in other processes wait for them (SQLite locking, 30 s busy timeout).
@@ -23,18 +31,21 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
 import sqlite3
-from contextlib import closing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from adaptrix_core.errors import ConfigError, IndexCorruptError
+from adaptrix_core.errors import AdaptrixError, ConfigError, IndexAccessError
 from adaptrix_core.rag import vectors as vec
 from adaptrix_core.rag.chunking import Chunk
+from adaptrix_core.rag.integrity import digest_text, rows_digest, structure_problems
 from adaptrix_core.rag.readers import Document
+from adaptrix_core.rag.storage import DB_NAME, IndexFolder, rollback, unlink_quietly
+from adaptrix_core.rag.storage import write_vectors as _write_vectors  # a module global, so tests can replace it
 
-DB_NAME = "chunks.sqlite"
 SCHEMA_VERSION = "1"
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,6 +55,8 @@ CREATE TABLE chunks (id INTEGER PRIMARY KEY, doc_id TEXT NOT NULL REFERENCES doc
     page INTEGER, start INTEGER NOT NULL, "end" INTEGER NOT NULL, tokens INTEGER NOT NULL, text TEXT NOT NULL);
 CREATE INDEX chunks_by_doc ON chunks(doc_id);
 """
+_VECTORS_FILE = re.compile(r"vectors\.[0-9]+\.faiss")
+_LAYOUT = re.compile(r"flat|hnsw|ivf[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -56,60 +69,73 @@ class Addition:
     chunking: str
 
 
-class IndexStore:
+@dataclass(frozen=True)
+class Committed:
+    """A verified committed generation, seen inside one open read transaction."""
+
+    conn: sqlite3.Connection
+    meta: dict[str, str]
+    index: Any
+
+
+class IndexStore(IndexFolder):
     """Reads and atomically rewrites the index in ``data_dir`` (see the module docstring)."""
 
     def __init__(self, data_dir: str | os.PathLike, index_type: str = "flat", nprobe: int = 16, ef_search: int = 64):
-        self.data_dir = Path(data_dir).expanduser()
-        self.db_path = self.data_dir / DB_NAME
+        super().__init__(data_dir)
         self.index_type, self.nprobe, self.ef_search = index_type, nprobe, ef_search
-        self._cache: tuple[str, str, Any] | None = None  # (generation, sha256, index)
+        # ((generation, vectors sha256, database file signature), verified index)
+        self._cache: tuple[tuple, Any] | None = None
 
     # -- reading -------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._corrupt(f"{str(self.db_path)!r} is not a readable SQLite database ({exc})") from None
-        return conn
+    @contextmanager
+    def _committed(self) -> Iterator[Committed | None]:
+        """The verified committed state inside one read transaction; None when nothing is committed yet.
 
-    def _read(self) -> tuple[sqlite3.Connection, dict[str, str]] | None:
-        """A connection inside a read transaction and the meta table, or None for an empty store."""
-        if not self.db_path.exists():
-            return None
-        conn = self._connect()
-        try:
+        Every read goes through here: the connection (and its read lock) is released however the
+        caller's block ends, and SQLite errors its queries meet become typed errors.
+        """
+        if not self._database_present():
+            yield None
+            return
+        with self._connection() as conn:
             conn.execute("BEGIN")
-            return conn, self._meta(conn)
-        except BaseException:
-            conn.close()
-            raise
+            meta = self._meta(conn)
+            if not meta:
+                self._require_no_vectors(f"{DB_NAME} holds no index")
+            if not meta or meta["generation"] == "0":
+                yield None
+            else:
+                yield Committed(conn, meta, self._index(conn, meta))
 
     def _meta(self, conn: sqlite3.Connection) -> dict[str, str]:
-        try:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not tables:
-                return {}
-            meta = {row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM meta")}
-        except sqlite3.DatabaseError as exc:
-            raise self._corrupt(f"{str(self.db_path)!r} is not a readable SQLite database ({exc})") from None
+        """The meta table, checked; {} when the database holds no tables at all."""
+        if not conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            return {}
+        meta = {str(row["key"]): str(row["value"]) for row in conn.execute("SELECT key, value FROM meta")}
         if meta.get("schema") != SCHEMA_VERSION or "generation" not in meta:
             raise self._corrupt(f"{str(self.db_path)!r} holds no Adaptrix index metadata (schema {meta.get('schema')!r})")
+        numbers = ("generation", "dimension", "next_id", "trained_on")
+        files = ("vectors_file", "vectors_bytes", "vectors_sha256", "layout") if meta["generation"] != "0" else ()
+        bad = [key for key in numbers if not meta.get(key, "").isdigit()] + [key for key in files if key not in meta]
+        if not bad and files and not (_VECTORS_FILE.fullmatch(meta["vectors_file"]) and meta["vectors_bytes"].isdigit()
+                                      and _LAYOUT.fullmatch(meta["layout"])):
+            bad = ["vectors_file", "vectors_bytes", "layout"]
+        if "rows_digest" in meta and not re.fullmatch(r"[0-9a-f]{64}", meta["rows_digest"]):
+            bad.append("rows_digest")
+        if bad:
+            raise self._corrupt(f"the meta table of {DB_NAME} has missing or invalid {', '.join(bad)}")
         return meta
 
-    def _corrupt(self, reason: str) -> IndexCorruptError:
-        return IndexCorruptError(f"The document index in {str(self.data_dir)!r} is damaged: {reason}. Nothing was "
-                                 "changed on disk; restore the folder from a backup, or move it away and add the "
-                                 "documents again.")
-
     def _index(self, conn: sqlite3.Connection, meta: dict[str, str]) -> Any:
-        """The verified FAISS index of the committed generation (cached while it stays current)."""
+        """The verified FAISS index of the committed generation (verified once per generation and file state)."""
         generation, digest = meta["generation"], meta["vectors_sha256"]
-        if self._cache and self._cache[:2] == (generation, digest):
-            return self._cache[2]
+        key = (generation, digest, self._signature())
+        if self._cache and self._cache[0] == key:
+            return self._cache[1]
+        problems = structure_problems(conn)
+        if problems:
+            raise self._corrupt(f"SQLite finds damaged pages in {DB_NAME}: {problems}")
         path = self.data_dir / meta["vectors_file"]
         try:
             data = path.read_bytes()
@@ -119,144 +145,147 @@ class IndexStore:
         if len(data) != int(meta["vectors_bytes"]) or hashlib.sha256(data).hexdigest() != digest:
             raise self._corrupt(f"vector file {path.name!r} has {len(data)} bytes and another checksum than the "
                                 f"{meta['vectors_bytes']} bytes recorded for generation {generation}")
+        if "rows_digest" in meta and digest_text(rows_digest(conn)) != meta["rows_digest"]:
+            raise self._corrupt(f"the rows of {DB_NAME} do not match the checksum recorded at generation {generation} "
+                                "(bytes inside the file were changed)")
         try:
             index = vec.deserialize(data)
         except ValueError as exc:
             raise self._corrupt(f"vector file {path.name!r} is not a FAISS index ({exc})") from None
-        try:
-            chunk_ids = [row[0] for row in conn.execute("SELECT id FROM chunks ORDER BY id")]
-        except sqlite3.DatabaseError as exc:
-            raise self._corrupt(f"{str(self.db_path)!r} cannot be read ({exc})") from None
+        chunk_ids = [row[0] for row in conn.execute("SELECT id FROM chunks ORDER BY id")]
         if index.d != int(meta["dimension"]) or vec.ids_of(index).tolist() != chunk_ids:
             raise self._corrupt(f"vector file {path.name!r} holds {index.ntotal} vectors of dimension {index.d} that do "
                                 f"not match the {len(chunk_ids)} chunks of dimension {meta['dimension']} in {DB_NAME}")
         vec.configure(index, self.nprobe, self.ef_search)
-        self._cache = (generation, digest, index)
+        self._cache = (key, index)
         return index
 
     def check(self) -> dict[str, str]:
         """Load and verify the committed state; returns the meta table ({} for an empty store)."""
-        opened = self._read()
-        if opened is None:
-            return {}
-        conn, meta = opened
-        with closing(conn):
-            if meta:
-                self._index(conn, meta)
-            return meta
+        with self._committed() as state:
+            return dict(state.meta) if state else {}
 
     def documents(self) -> list[dict[str, Any]]:
         """Every document, in the order added."""
-        opened = self._read()
-        if opened is None:
-            return []
-        conn, meta = opened
-        with closing(conn):
-            if not meta:
+        with self._committed() as state:
+            if state is None:
                 return []
-            self._index(conn, meta)
-            rows = conn.execute("SELECT doc_id, source, kind, chunks, pages, chars, content_hash, added_at "
-                                "FROM documents ORDER BY added_at, doc_id").fetchall()
-            return [{"id": r["doc_id"], **{k: r[k] for k in r.keys() if k != "doc_id"}} for r in rows]
+            rows = state.conn.execute("SELECT doc_id, source, kind, chunks, pages, chars, content_hash, added_at "
+                                      "FROM documents ORDER BY added_at, doc_id").fetchall()
+        return [{"id": r["doc_id"], **{k: r[k] for k in r.keys() if k != "doc_id"}} for r in rows]
 
     def states(self) -> dict[str, tuple[str, str]]:
         """doc_id -> (content_hash, chunking) of every stored document."""
-        opened = self._read()
-        if opened is None:
-            return {}
-        conn, meta = opened
-        with closing(conn):
-            if not meta:
+        with self._committed() as state:
+            if state is None:
                 return {}
-            self._index(conn, meta)
-            return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT doc_id, content_hash, chunking FROM documents")}
+            return {r[0]: (r[1], r[2]) for r in state.conn.execute("SELECT doc_id, content_hash, chunking FROM documents")}
 
-    def search(self, query, k: int) -> list[dict[str, Any]]:
-        """The ``k`` chunks nearest to the query vector, best first, with their document's fields."""
-        opened = self._read()
-        if opened is None:
-            return []
-        conn, meta = opened
-        with closing(conn):
-            if not meta:
+    def search(self, query, k: int, embedding_model: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` chunks nearest to the query vector, best first, with their document's fields.
+
+        ``embedding_model`` (the name of the model that embedded the query) must be the index's.
+        """
+        with self._committed() as state:
+            if state is None:
                 return []
-            scores, ids = vec.search(self._index(conn, meta), query, k)
+            meta = state.meta
+            if len(query) != state.index.d or (embedding_model and embedding_model != meta["embedding_model"]):
+                raise ConfigError(f"The index in {str(self.data_dir)!r} was built with {meta['embedding_model']} "
+                                  f"({meta['dimension']} dimensions); this query was embedded with "
+                                  f"{embedding_model or 'another model'} ({len(query)}). Use another rag.data_dir "
+                                  "or the same embedding model.")
+            scores, ids = vec.search(state.index, query, k)
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
-            rows = {r["id"]: r for r in conn.execute(
+            rows = {r["id"]: r for r in state.conn.execute(
                 f'SELECT c.id, c.doc_id, d.source, c.ordinal, c.page, c.start, c."end", c.text FROM chunks c '
                 f"JOIN documents d ON d.doc_id = c.doc_id WHERE c.id IN ({marks})", ids)}
+        if set(ids) - set(rows):
+            raise self._corrupt(f"chunks {sorted(set(ids) - set(rows))[:5]} of the vector file have no rows in {DB_NAME}")
         return [{"document": rows[i]["doc_id"], "source": rows[i]["source"], "chunk": i, "ordinal": rows[i]["ordinal"],
                  "page": rows[i]["page"], "start": rows[i]["start"], "end": rows[i]["end"], "score": score,
                  "text": rows[i]["text"]} for score, i in zip(scores, ids)]
 
-    def span(self, doc_id: str, start: int, end: int) -> tuple[int, str]:
-        """(offset, text) of document ``doc_id``'s extracted text around [start, end), stitched from its chunks.
+    def spans(self, requests: Sequence[tuple[str, int, int]]) -> list[tuple[int, str]]:
+        """(offset, text) for each (doc_id, start, end): the document's text around [start, end), in one read.
 
-        Chunks overlap, so together they hold the whole text except the blank lines between PDF pages,
-        which come back as spaces. Used to widen a passage to whole sentences.
+        The text is stitched from the document's chunks. Chunks overlap, so together they hold the
+        whole text except the blank lines between PDF pages, which come back as spaces. Used to
+        widen passages to whole sentences.
         """
-        opened = self._read()
-        if opened is None:
-            return start, ""
-        conn, meta = opened
-        with closing(conn):
-            rows = conn.execute('SELECT start, "end", text FROM chunks WHERE doc_id = ? AND "end" > ? AND start < ? '
-                                "ORDER BY start", (doc_id, start, end)).fetchall() if meta else []
-        if not rows:
-            return start, ""
-        first = rows[0]["start"]
-        buffer = [" "] * (max(r["end"] for r in rows) - first)
-        for row in rows:
-            buffer[row["start"] - first:row["end"] - first] = row["text"]
-        return first, "".join(buffer)
+        with self._committed() as state:
+            found = [state.conn.execute('SELECT start, "end", text FROM chunks WHERE doc_id = ? AND "end" > ? '
+                                        "AND start < ? ORDER BY start", request).fetchall() if state else []
+                     for request in requests]
+        return [_stitch(rows, start) for rows, (_, start, _) in zip(found, requests)]
+
+    def span(self, doc_id: str, start: int, end: int) -> tuple[int, str]:
+        """(offset, text) of document ``doc_id``'s text around [start, end) (see :meth:`spans`)."""
+        return self.spans([(doc_id, start, end)])[0]
 
     def stats(self) -> dict[str, Any]:
         """Counts, generation, layout and file sizes of the committed state."""
-        meta = self.check()
-        opened = self._read()
-        counts = {"documents": 0, "chunks": 0}
-        if opened is not None and meta:
-            conn, _ = opened
-            with closing(conn):
-                counts = {"documents": conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
-                          "chunks": conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]}
-        vectors_file = self.data_dir / meta["vectors_file"] if meta else None
+        with self._committed() as state:
+            meta = state.meta if state else {}
+            counts = {"documents": 0, "chunks": 0} if state is None else {
+                "documents": state.conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                "chunks": state.conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]}
+        try:
+            sqlite_bytes = self.db_path.stat().st_size if self.db_path.exists() else 0
+        except OSError:
+            sqlite_bytes = 0
         return {"data_dir": str(self.data_dir), **counts, "generation": int(meta.get("generation", 0)),
                 "layout": meta.get("layout"), "dimension": int(meta["dimension"]) if meta else None,
-                "embedding_model": meta.get("embedding_model"),
-                "vectors_file": vectors_file.name if vectors_file else None,
-                "vectors_bytes": int(meta.get("vectors_bytes", 0)),
-                "sqlite_bytes": self.db_path.stat().st_size if self.db_path.exists() else 0}
+                "embedding_model": meta.get("embedding_model"), "vectors_file": meta.get("vectors_file"),
+                "vectors_bytes": int(meta.get("vectors_bytes", 0)), "sqlite_bytes": sqlite_bytes}
 
     # -- writing -------------------------------------------------------------------------------
     def apply(self, additions: Sequence[Addition], removals: Sequence[str], embedding_model: str, dimension: int) -> int:
         """Atomically replace/add ``additions`` and delete documents ``removals``; returns the new generation.
 
         Documents of an addition that are already stored are replaced (their chunks deleted first).
+        On any failure the committed generation stays as it was and the files this call wrote are
+        removed; file-system failures raise :class:`IndexAccessError`.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        self._prepare_folder()
+        written: list[Path] = []
+        with self._connection() as conn:
             try:
-                generation = self._write(conn, additions, removals, embedding_model, dimension)
+                conn.execute("BEGIN IMMEDIATE")
+                generation, meta, index = self._write(conn, additions, removals, embedding_model, dimension, written)
                 conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._cache = None
+            except BaseException as exc:
+                self._cache = None  # the cached index may hold this commit's uncommitted changes
+                rollback(conn)
+                for path in written:
+                    unlink_quietly(path)
+                if isinstance(exc, OSError) and not isinstance(exc, AdaptrixError):
+                    raise IndexAccessError(f"The document index in {str(self.data_dir)!r} could not be written "
+                                           f"({exc.strerror or exc}); it still holds its last committed state.") from exc
                 raise
+            self._cache = ((meta["generation"], meta["vectors_sha256"], self._signature()), index)
             self._remove_stale(conn)
         return generation
 
     def _write(self, conn: sqlite3.Connection, additions: Sequence[Addition], removals: Sequence[str],
-               embedding_model: str, dimension: int) -> int:
+               embedding_model: str, dimension: int, written: list[Path]) -> tuple[int, dict[str, str], Any]:
         meta = self._meta(conn)
         if not meta:
+            self._require_no_vectors(f"{DB_NAME} holds no index")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-            meta = {"schema": SCHEMA_VERSION, "generation": "0", "dimension": str(dimension),
-                    "embedding_model": embedding_model, "layout": "flat", "trained_on": "0", "next_id": "1"}
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema", SCHEMA_VERSION), ("generation", "0"), ("dimension", str(dimension)),
+                ("embedding_model", embedding_model), ("layout", "flat"), ("trained_on", "0"), ("next_id", "1")])
+            # The empty index is a commit of its own: a crash during the first real commit then leaves
+            # generation 0, never an empty database beside a vector file (which reads as damage).
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            meta = self._meta(conn)
+        if meta["generation"] == "0":
+            meta.update(dimension=str(dimension), embedding_model=embedding_model, layout="flat", trained_on="0")
             index = vec.build("flat", dimension, [], [])
         else:
             index = self._index(conn, meta)
@@ -265,6 +294,10 @@ class IndexStore:
                                   f"({meta['dimension']} dimensions), not {embedding_model} ({dimension}); use another "
                                   "rag.data_dir or the same embedding model.")
         doomed = list(dict.fromkeys([*removals, *(a.document.doc_id for a in additions)]))
+        # The rows checksum follows the changes; an index written before it existed gets a full one.
+        rows = 0 if meta["generation"] == "0" else int(meta["rows_digest"], 16) if "rows_digest" in meta else None
+        if rows is not None:
+            rows -= rows_digest(conn, doomed)
         old_ids = [row[0] for name in doomed
                    for row in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (name,))]
         conn.executemany("DELETE FROM chunks WHERE doc_id = ?", [(name,) for name in doomed])
@@ -289,39 +322,39 @@ class IndexStore:
         generation = int(meta["generation"]) + 1
         name = f"vectors.{generation}.faiss"
         data = vec.serialize(index)
+        written.append(self.data_dir / name)
         _write_vectors(self.data_dir / name, data)
         meta.update(generation=str(generation), vectors_file=name, vectors_bytes=str(len(data)), layout=layout,
-                    vectors_sha256=hashlib.sha256(data).hexdigest(), next_id=str(next_id))
+                    vectors_sha256=hashlib.sha256(data).hexdigest(), next_id=str(next_id),
+                    rows_digest=digest_text(rows_digest(conn) if rows is None
+                                            else rows + rows_digest(conn, [a.document.doc_id for a in additions])))
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
         vec.configure(index, self.nprobe, self.ef_search)
-        self._cache = (meta["generation"], meta["vectors_sha256"], index)
-        return generation
+        return generation, meta, index
 
     def _remove_stale(self, conn: sqlite3.Connection) -> None:
-        """Delete vector files of other generations, holding the write lock so no writer is mid-commit."""
-        conn.execute("BEGIN IMMEDIATE")
+        """Delete vector files of other generations, holding the write lock so no writer is mid-commit.
+
+        Best effort: the commit is done, so a failure here only leaves stale files for the next commit.
+        """
         try:
-            current = self._meta(conn).get("vectors_file")
-            for path in self.data_dir.glob("vectors.*.faiss*"):
-                if path.name != current:
-                    try:
-                        path.unlink(missing_ok=True)
-                    except OSError:
-                        pass  # harmless: a stale file is retried at the next commit
-        finally:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = self._meta(conn).get("vectors_file")
+                for path in self.data_dir.glob("vectors.*.faiss*"):
+                    if path.name != current:
+                        unlink_quietly(path)
+            finally:
+                conn.execute("ROLLBACK")
+        except (sqlite3.Error, AdaptrixError):
+            pass
 
 
-def _write_vectors(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: a temporary file, fsync, rename, fsync of the folder."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+def _stitch(rows: Sequence[sqlite3.Row], start: int) -> tuple[int, str]:
+    if not rows:
+        return start, ""
+    first = rows[0]["start"]
+    buffer = [" "] * (max(r["end"] for r in rows) - first)
+    for row in rows:
+        buffer[row["start"] - first:row["end"] - first] = row["text"]
+    return first, "".join(buffer)
