@@ -66,7 +66,7 @@ def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, eng
     with Progress(TextColumn("embedding chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=_console(stderr=True), disable=progress_disabled(as_json)) as bar:
         task = bar.add_task("embed", total=None)
-        report = engine.add_documents([Path(p) for p in paths],
+        report = engine.add_documents([Path(p).absolute() if p.strip() else p for p in paths],
                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         _emit_json(report.to_dict())
