@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
-from adaptrix_core.engine_rag import RagMixin
+from adaptrix_core.rag.service import DocumentIndex
 from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
     BackendNotFoundError,
@@ -38,7 +38,7 @@ from adaptrix_core.routing.service import RouterService
 from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
 
 
-class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
+class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
@@ -82,7 +82,8 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
         self._init_adapters()
         self.routing = RouterService(self.config.router, self.adapter_manager, self._plugin_registry,
                                      self._load_embedder, self.config.plugins)
-        self._init_rag()
+        self.documents = DocumentIndex(self.config.rag, self._load_embedder, self.config.router.embedding_model,
+                                       self._lock)
 
     # -- lifecycle -------------------------------------------------------------------------
     def initialize(self) -> "ModularAdaptrixEngine":
@@ -223,6 +224,27 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
         """Accuracy, macro-F1, confusion matrix and latency of a router on labelled prompts."""
         return self.routing.evaluate(data, router)
 
+    # -- the document index (see DocumentIndex) -----------------------------------------------------
+    def add_documents(self, paths_or_texts: Any, progress: Any = None):
+        """Add files, folders and texts to the document index in one atomic commit (``DocumentIndex``)."""
+        return self.documents.add_documents(paths_or_texts, progress)
+
+    def remove_document(self, doc_id: str) -> dict[str, Any]:
+        """Remove a document (by id, or by the path it was added from); returns its listing."""
+        return self.documents.remove_document(doc_id)
+
+    def list_documents(self) -> list[dict[str, Any]]:
+        """Every indexed document: id, source, kind, chunks, pages, chars, content_hash, added_at."""
+        return self.documents.list_documents()
+
+    def index_stats(self) -> dict[str, Any]:
+        """Documents, chunks, generation, FAISS layout, dimension, file sizes and chunking settings."""
+        return self.documents.index_stats()
+
+    def retrieve(self, query: str, top_k: int | None = None, min_score: float | None = None) -> list[dict[str, Any]]:
+        """The ``top_k`` passages most similar to ``query`` scoring at least ``min_score``, best first."""
+        return self.documents.retrieve(query, top_k, min_score)
+
     # -- prompts -------------------------------------------------------------------------------
     def _uses_chat_template(self) -> bool:
         setting = self.config.model.use_chat_template
@@ -299,7 +321,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
             if use_rag:
                 self._ready()  # the sampling check needs the model's family and context window
                 self._sampling(gen)  # reject bad arguments before retrieving
-                rag_messages, sources = self._rag_messages(prompt, top_k, min_score)
+                rag_messages, sources = self.documents.rag_messages(prompt, top_k, min_score)
                 conversation = [*conversation[:-1], *rag_messages]
             result = self._complete(conversation, gen, route_on=prompt)
             result.sources = sources

@@ -96,7 +96,7 @@ def clustered_vectors(count: int, dimension: int, clusters: int, seed: int):
 
 
 def measure_queries(engine, questions: list[str], args) -> dict[str, Any]:
-    store = engine._store()
+    store = engine.documents._store()
     for n in range(args.warmup):
         engine.retrieve(questions[n % len(questions)], top_k=4, min_score=-1.0)
 
@@ -149,7 +149,7 @@ def ingest(engine, folder: Path, args) -> dict[str, Any]:
             paragraphs.append(" ".join(sentence(rng) for _ in range(6)))
         (folder / f"doc{number:04d}.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
     timings = {"embed": 0.0, "commit": 0.0}
-    embed, store = engine._embed, engine._store()
+    embed, store = engine.documents._embed, engine.documents._store()
     apply = store.apply
 
     def timed(name, function):
@@ -161,10 +161,10 @@ def ingest(engine, folder: Path, args) -> dict[str, Any]:
                 timings[name] += time.perf_counter() - started
         return wrapper
 
-    engine._embed, store.apply = timed("embed", embed), timed("commit", apply)
+    engine.documents._embed, store.apply = timed("embed", embed), timed("commit", apply)
     with harness.ContentionMeter() as meter:
         report = engine.add_documents(folder)
-    engine._embed, store.apply = embed, apply
+    engine.documents._embed, store.apply = embed, apply
     return {"documents": len(report.added), "chunks": report.chunks_added, "seconds": round(report.seconds, 2),
             "chunks_per_s": round(report.chunks_added / report.seconds, 1),
             "embed_seconds": round(timings["embed"], 2), "commit_seconds": round(timings["commit"], 3),
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             return ModularAdaptrixEngine(config={"rag": {"data_dir": str(folder), "index_type": layout}})
 
         probe = engine_for(root / "probe", "flat")
-        model_name, dimension = probe._embedding_name(), probe.embedder.dimension
+        model_name, dimension = probe.documents._embedding_name(), probe.embedder.dimension
         if args.ingest_chunks:
             results["ingestion"] = ingest(probe, root / "ingest-docs", args)
             print(f"ingestion: {json.dumps(results['ingestion'])}", flush=True)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"chunks": size, "index_type": layout, "layout": stats["layout"], "commit_seconds": round(build_s, 2),
                        "vectors_bytes": stats["vectors_bytes"], "sqlite_bytes": stats["sqlite_bytes"],
                        **measure_queries(engine, questions, args)}
-                row["recall@4"] = 1.0 if layout == "flat" else round(approximate_recall(engine._store(), vectors, args), 4)
+                row["recall@4"] = 1.0 if layout == "flat" else round(approximate_recall(engine.documents._store(), vectors, args), 4)
                 results["indexes"].append(row)
                 print(f"{size} {layout}: {json.dumps(row)}", flush=True)
             if args.keep is None:

@@ -174,7 +174,7 @@ def test_retrieve_ranks_the_answer_first_and_applies_top_k_and_min_score(corpus_
 
 
 def test_rag_messages_number_the_passages_and_return_sources(corpus_engine):
-    messages, sources = corpus_engine._rag_messages("In which app are parking spaces booked?", 3, None)
+    messages, sources = corpus_engine.documents.rag_messages("In which app are parking spaces booked?", 3, None)
     assert len(messages) == 1 and messages[0]["role"] == "user"
     content = messages[0]["content"]
     assert content.startswith("Passages:\n[1] ") and "Berth app" in content
@@ -183,12 +183,12 @@ def test_rag_messages_number_the_passages_and_return_sources(corpus_engine):
     assert all(s["excerpt"] and s["excerpt"] in content for s in sources)
     assert "Berth" in sources[0]["excerpt"] and "Berth" in sources[0]["text"]
     whole = make_engine(Path(corpus_engine.config.rag.data_dir), prompt_sentences=None)
-    messages, sources = whole._rag_messages("In which app are parking spaces booked?", 3, None)
+    messages, sources = whole.documents.rag_messages("In which app are parking spaces booked?", 3, None)
     content = messages[0]["content"]
     assert [s["citation"] for s in sources] == [1, 2, 3]
     assert content.index("[1] ") < content.index("[2] ") < content.index("[3] ")
     assert all(" ".join(s["text"].split()) in content for s in sources)
-    bare, none = corpus_engine._rag_messages("In which app are parking spaces booked?", 3, 0.999)
+    bare, none = corpus_engine.documents.rag_messages("In which app are parking spaces booked?", 3, 0.999)
     assert bare == [{"role": "user", "content": "In which app are parking spaces booked?"}] and none == []
 
 
@@ -197,7 +197,7 @@ def test_prompt_excerpts_are_whole_sentences_across_chunk_boundaries(tmp_path):
     fact = "The Orbis ferry to the outer islands leaves from pier nine at half past seven every weekday morning."
     engine.add_documents("Welcome aboard.\nTickets are sold\non the quay. " + fact + " Bicycles travel free of charge.")
     assert all(len(h["text"]) < len(fact) for h in engine.retrieve("ferry", top_k=10, min_score=-1))
-    messages, sources = engine._rag_messages("When does the Orbis ferry leave from pier nine?", 4, None)
+    messages, sources = engine.documents.rag_messages("When does the Orbis ferry leave from pier nine?", 4, None)
     assert [s["excerpt"] for s in sources] == [fact] and f"[1] {fact}" in messages[0]["content"]
 
 

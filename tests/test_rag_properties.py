@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.engine_rag import IngestReport
+from adaptrix_core.rag.service import IngestReport
 from adaptrix_core.errors import AdaptrixError
 from test_rag import snapshot
 
@@ -135,7 +135,7 @@ def test_retrieve_gives_ranked_passages_or_a_typed_error(engine, query, top_k, m
         floor = engine.config.rag.min_score if min_score is None else min_score
         scores = [hit["score"] for hit in hits]
         assert len(hits) <= limit and scores == sorted(scores, reverse=True) and all(s >= floor for s in scores)
-        messages, sources = engine._rag_messages(query, top_k, min_score)
+        messages, sources = engine.documents.rag_messages(query, top_k, min_score)
         assert messages[-1]["role"] == "user" and {s["chunk"] for s in sources} <= {h["chunk"] for h in hits}
     assert snapshot(Path(engine.config.rag.data_dir)) == before
     still_serving(engine)

@@ -22,21 +22,24 @@ from adaptrix_core.cli.output import quiet_libraries as _quiet_libraries
 
 
 def index_options(command: Callable) -> Callable:
-    """``--config`` and ``--data-dir``; the command receives ``engine_factory()``."""
+    """``--config`` and ``--data-dir``; the command receives ``index_factory()``, which builds the
+    ``DocumentIndex`` service alone (no language model is loaded)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, config_path, data_dir, **kwargs: Any) -> Any:
         cli_params.check_folder_option(data_dir, "--data-dir")
 
-        def engine_factory(**rag: Any):
+        def index_factory(**rag: Any):
             from adaptrix_core.config import load_config
-            from adaptrix_core.engine import ModularAdaptrixEngine
+            from adaptrix_core.embeddings import get_embedder
+            from adaptrix_core.rag.service import DocumentIndex
 
             _quiet_libraries()
             config = load_config(path=config_path, overrides={"rag": {"data_dir": data_dir, **rag}})
-            return ModularAdaptrixEngine(config=config)
+            model = config.router.embedding_model
+            return DocumentIndex(config.rag, lambda: get_embedder(model), model)
 
-        return command(*args, engine_factory=engine_factory, **kwargs)
+        return command(*args, index_factory=index_factory, **kwargs)
 
     wrapper = click.option("--data-dir", help="Index folder (default: rag.data_dir, ./rag_index).")(wrapper)
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")(wrapper)
@@ -56,24 +59,24 @@ def index() -> None:
 @index_options
 @json_option
 @handle_errors
-def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, engine_factory, as_json: bool) -> None:
+def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, index_factory, as_json: bool) -> None:
     """Add files (.txt, .md, .pdf, .html) and folders (walked recursively) to the index."""
     from pathlib import Path
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    engine = engine_factory(chunk_size=chunk_size, chunk_overlap=chunk_overlap, index_type=index_type)
+    index = index_factory(chunk_size=chunk_size, chunk_overlap=chunk_overlap, index_type=index_type)
     with Progress(TextColumn("embedding chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=_console(stderr=True), disable=progress_disabled(as_json)) as bar:
         task = bar.add_task("embed", total=None)
-        report = engine.add_documents([Path(p).absolute() if p.strip() else p for p in paths],
+        report = index.add_documents([Path(p).absolute() if p.strip() else p for p in paths],
                                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         _emit_json(report.to_dict())
     else:
         from rich.table import Table
 
-        table = Table(title=f"Index {engine.index_stats()['data_dir']}")
+        table = Table(title=f"Index {index.index_stats()['data_dir']}")
         for column in ("status", "id", "source / reason"):
             table.add_column(column, overflow="fold")
         for status in ("added", "replaced", "unchanged"):
@@ -97,9 +100,9 @@ def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, eng
 @index_options
 @json_option
 @handle_errors
-def index_list(engine_factory, as_json: bool) -> None:
+def index_list(index_factory, as_json: bool) -> None:
     """List the indexed documents."""
-    documents = engine_factory().list_documents()
+    documents = index_factory().list_documents()
     if as_json:
         _emit_json({"documents": documents})
         return
@@ -118,10 +121,10 @@ def index_list(engine_factory, as_json: bool) -> None:
 @index_options
 @json_option
 @handle_errors
-def index_remove(doc_id: str, engine_factory, as_json: bool) -> None:
+def index_remove(doc_id: str, index_factory, as_json: bool) -> None:
     """Remove the document DOC_ID (an id from 'index list', or the path it was added from)."""
     cli_params.check_texts([doc_id], "DOC_ID", prompt=True)
-    removed = engine_factory().remove_document(doc_id)
+    removed = index_factory().remove_document(doc_id)
     if as_json:
         _emit_json({"removed": removed})
     else:
@@ -132,9 +135,9 @@ def index_remove(doc_id: str, engine_factory, as_json: bool) -> None:
 @index_options
 @json_option
 @handle_errors
-def index_stats(engine_factory, as_json: bool) -> None:
+def index_stats(index_factory, as_json: bool) -> None:
     """Documents, chunks, generation, FAISS layout and file sizes (the files are verified)."""
-    stats = engine_factory().index_stats()
+    stats = index_factory().index_stats()
     if as_json:
         _emit_json(stats)
         return
@@ -154,14 +157,14 @@ def index_stats(engine_factory, as_json: bool) -> None:
 @index_options
 @json_option
 @handle_errors
-def index_search(query: str, top_k, min_score, engine_factory, as_json: bool) -> None:
+def index_search(query: str, top_k, min_score, index_factory, as_json: bool) -> None:
     """Show the passages retrieval finds for QUERY, best first."""
     from adaptrix_core.errors import InvalidPromptError
 
     if not query.strip():
         raise InvalidPromptError("QUERY is empty: give the text to search for.")
     cli_params.check_texts([query], "QUERY", prompt=True)
-    hits = engine_factory().retrieve(query, top_k, min_score)
+    hits = index_factory().retrieve(query, top_k, min_score)
     if as_json:
         _emit_json({"query": query, "sources": hits})
         return

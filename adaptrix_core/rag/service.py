@@ -1,21 +1,23 @@
-"""Retrieval-augmented generation: the engine's document index (ingest, list, remove, retrieve, prompt).
+"""``DocumentIndex``: the document index service (ingest, list, remove, retrieve, the RAG prompt).
 
 Documents are read (:mod:`adaptrix_core.rag.readers`), cut into token windows of the shared
-embedder's tokenizer (:mod:`adaptrix_core.rag.chunking`), embedded in batches with
-``engine.embedder`` and committed atomically to ``config.rag.data_dir``
-(:mod:`adaptrix_core.rag.store`). Reading and embedding run outside the engine lock; only the
-commit and searches take it.
+embedder's tokenizer (:mod:`adaptrix_core.rag.chunking`), embedded in batches and committed
+atomically to ``rag.data_dir`` (:mod:`adaptrix_core.rag.store`). Reading and embedding run outside
+the lock; only the commit and searches take it. It needs the embedding model, never the language
+model: ``adaptrix index ...`` builds it alone.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from adaptrix_core.config import RagSettings
 from adaptrix_core.errors import ConfigError, DocumentError, DocumentNotFoundError, InvalidPromptError
 
 IngestProgress = Callable[[int, int], None]
@@ -42,17 +44,32 @@ class IngestReport:
         return asdict(self)
 
 
-class RagMixin:
-    """Document index methods of the engine (see ``ModularAdaptrixEngine``)."""
+class DocumentIndex:
+    """The document index in ``settings.data_dir``, embedded with the shared sentence embedder.
 
-    def _init_rag(self) -> None:
+    ``embedder`` returns the embedding model (loaded on first use); ``embedding_model`` names it in
+    the index (None: the bundled all-MiniLM-L6-v2), so that an index is never searched with another
+    model's vectors. ``lock`` serialises commits and searches (the engine passes its own).
+    """
+
+    def __init__(self, settings: RagSettings, embedder: Callable[[], Any], embedding_model: str | None = None,
+                 lock: Any = None):
+        self.settings = settings
+        self._embedder = embedder
+        self._embedding_model = embedding_model
+        self._lock = lock if lock is not None else threading.RLock()
         self._rag_store = None
         self._rag_store_key: tuple | None = None
+
+    @property
+    def embedder(self) -> Any:
+        """The shared sentence-embedding model."""
+        return self._embedder()
 
     def _store(self):
         from adaptrix_core.rag.store import IndexStore
 
-        s = self.config.rag
+        s = self.settings
         key = (str(Path(s.data_dir).expanduser().resolve()), s.index_type, s.nprobe, s.ef_search)
         if self._rag_store is None or self._rag_store_key != key:
             self._rag_store, self._rag_store_key = IndexStore(key[0], s.index_type, s.nprobe, s.ef_search), key
@@ -87,7 +104,7 @@ class RagMixin:
                 report.failed.append((str(item) if kind == "path" else _excerpt(item), str(exc)))
                 continue
             documents.setdefault(document.doc_id, document)
-        settings = self.config.rag
+        settings = self.settings
         chunking = f"{settings.chunk_size}/{settings.chunk_overlap}"
         known = self._store().states()
         pending = []
@@ -114,7 +131,7 @@ class RagMixin:
     def _embed(self, texts: list[str], progress: IngestProgress | None):
         import numpy as np
 
-        batch = self.config.rag.batch_size
+        batch = self.settings.batch_size
         parts = []
         if progress:
             progress(0, len(texts))
@@ -125,7 +142,7 @@ class RagMixin:
         return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dimension), dtype=np.float32)
 
     def _embedding_name(self) -> str:
-        return self.config.router.embedding_model or BUNDLED_EMBEDDER
+        return self._embedding_model or BUNDLED_EMBEDDER
 
     def remove_document(self, doc_id: str) -> dict[str, Any]:
         """Remove a document (by id, or by the path it was added from); returns its listing."""
@@ -157,7 +174,7 @@ class RagMixin:
         """Documents, chunks, generation, FAISS layout, dimension, file sizes and chunking settings."""
         with self._lock:
             stats = self._store().stats()
-        s = self.config.rag
+        s = self.settings
         return {**stats, "index_type": s.index_type, "chunk_size": s.chunk_size, "chunk_overlap": s.chunk_overlap}
 
     # -- retrieval -----------------------------------------------------------------------------
@@ -172,8 +189,8 @@ class RagMixin:
         from adaptrix_core.rag.inputs import check_text
 
         query = check_text(query, "The retrieve() query")
-        top_k = self.config.rag.top_k if top_k is None else top_k
-        min_score = self.config.rag.min_score if min_score is None else min_score
+        top_k = self.settings.top_k if top_k is None else top_k
+        min_score = self.settings.min_score if min_score is None else min_score
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InvalidPromptError(f"top_k must be a positive integer, got {top_k!r}.")
         if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or math.isnan(min_score):
@@ -183,7 +200,7 @@ class RagMixin:
             hits = self._store().search(vector, top_k, self._embedding_name())
         return vector, [hit for hit in hits if hit["score"] >= min_score]
 
-    def _rag_messages(self, prompt: str, top_k: int | None, min_score: float | None) -> tuple[list[dict], list[dict]]:
+    def rag_messages(self, prompt: str, top_k: int | None, min_score: float | None) -> tuple[list[dict], list[dict]]:
         """(messages, sources): one user message with the numbered passages, the instruction and the question.
 
         With ``rag.prompt_sentences`` = N the passages are cut down to the N sentences most relevant to
@@ -195,7 +212,7 @@ class RagMixin:
         from adaptrix_core.rag.prompt import build_prompt, select, sentences_in
 
         vector, hits = self._search(prompt, top_k, min_score)
-        count = self.config.rag.prompt_sentences
+        count = self.settings.prompt_sentences
         if count is None:
             texts = [" ".join(hit["text"].split()) for hit in hits]
         else:
@@ -209,7 +226,7 @@ class RagMixin:
             return [{"role": "user", "content": prompt}], []
         for number, source in enumerate(sources, start=1):
             source["citation"] = number
-        content = build_prompt(prompt, sources, [s["excerpt"] for s in sources], cite=self.config.rag.cite)
+        content = build_prompt(prompt, sources, [s["excerpt"] for s in sources], cite=self.settings.cite)
         return [{"role": "user", "content": content}], sources
 
 
