@@ -108,3 +108,15 @@ class DocumentNotFoundError(DocumentError, LookupError):
 
 class IndexCorruptError(AdaptrixError, RuntimeError):
     """The retrieval index on disk is damaged or its files disagree; they are reported, never modified."""
+
+
+class QueueFullError(AdaptrixError, RuntimeError):
+    """The scheduler's request queue holds its maximum number of waiting requests; retry later."""
+
+
+class SchedulerStoppedError(AdaptrixError, RuntimeError):
+    """The scheduler is stopping or stopped, so it accepts no new requests (or dropped a waiting one)."""
+
+
+class RequestCancelledError(AdaptrixError, RuntimeError):
+    """The request was cancelled (its client went away) before it finished, so it has no result."""
