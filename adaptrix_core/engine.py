@@ -10,6 +10,7 @@ from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
 from adaptrix_core.engine_rag import RagMixin
+from adaptrix_core.engine_requests import RequestMixin
 from adaptrix_core.engine_routing import RoutingMixin
 from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
@@ -37,7 +38,7 @@ from adaptrix_core.registry import Registry, collect
 from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
 
 
-class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, RagMixin):
+class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, RagMixin, RequestMixin):
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
@@ -79,6 +80,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RoutingMixin, Ra
         self._init_adapters()
         self._init_routing(router)
         self._init_rag()
+        self._init_requests()
 
     # -- lifecycle -------------------------------------------------------------------------
     def initialize(self) -> "ModularAdaptrixEngine":
