@@ -62,16 +62,21 @@ class Scheduler:
     """Queue and batch requests for one initialized ``ModularAdaptrixEngine`` (see the module docstring).
 
     ``max_batch_size`` bounds the rows decoded together, ``max_queue`` the requests waiting for a
-    row (``submit`` raises ``QueueFullError`` beyond it).
+    row (``submit`` raises ``QueueFullError`` beyond it). ``batching=False`` runs requests one at a
+    time through the backend's ``generate`` even when it could batch them (the baseline a benchmark
+    compares with); None batches whenever the backend can.
     """
 
-    def __init__(self, engine: Any, max_batch_size: int = 8, max_queue: int = 64) -> None:
+    def __init__(self, engine: Any, max_batch_size: int = 8, max_queue: int = 64,
+                 batching: bool | None = None) -> None:
         for name, value in (("max_batch_size", max_batch_size), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self._wanted_batching = batching
+        self._batching = False  # decided by start()
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: dict[str, _Request] = {}
@@ -88,8 +93,7 @@ class Scheduler:
         with self._cond:
             if self._state != "new":
                 return self
-            backend = self.engine.backend
-            self._batching = isinstance(backend, StepBatching)
+            self._batching = self._batching_backend()
             self._state = "running"
             self._thread = threading.Thread(target=self._loop, name="adaptrix-scheduler", daemon=True)
             self._thread.start()
@@ -172,10 +176,7 @@ class Scheduler:
                 )
 
     def _batching_backend(self) -> bool:
-        batching = getattr(self, "_batching", None)
-        if batching is None:
-            batching = isinstance(self.engine.backend, StepBatching)
-        return batching
+        return self._wanted_batching is not False and isinstance(self.engine.backend, StepBatching)
 
     def _cancel(self, handle: RequestHandle) -> None:
         with self._cond:
