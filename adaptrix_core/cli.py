@@ -282,4 +282,7 @@ from adaptrix_core import cli_adapters, cli_index, cli_router, cli_serve  # noqa
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m adaptrix_core.cli``: run the imported module's group, on which the other modules registered.
+    from adaptrix_core.cli import main as _main
+
+    _main()

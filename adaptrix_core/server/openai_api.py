@@ -60,7 +60,7 @@ def _refuse_unsupported(body: Any) -> None:
 
 
 def _gen(body: Any, max_tokens: int | None) -> dict[str, Any]:
-    gen = {name: getattr(body, name) for name in ("temperature", "top_p", "seed", "stop")
+    gen = {name: getattr(body, name) for name in ("temperature", "top_p", "seed", "stop", "ignore_eos")
            if getattr(body, name) is not None}
     if max_tokens is not None:
         gen["max_new_tokens"] = max_tokens

@@ -54,6 +54,7 @@ class _OpenAI(GenerationFields):
     logit_bias: dict[str, Any] | None = None
     use_rag: bool = Field(False, description="Adaptrix extension: answer from the document index.")
     rag_top_k: int | None = Field(None, description="Adaptrix extension: passages retrieved with use_rag.")
+    ignore_eos: bool | None = Field(None, description="vLLM extension: generate exactly max_tokens tokens.")
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, reason) for each requested feature Adaptrix does not implement."""
