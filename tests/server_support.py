@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda sigma".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "sigma"]
 #: Adapter name -> routing keywords. Each adapter learns to answer every "say <word>" with its own name.
 ADAPTERS = {"yes": ["affirm", "agree"], "no": ["deny", "refuse"]}
 
