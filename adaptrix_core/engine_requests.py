@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice
 from adaptrix_core.errors import ContextOverflowError, InvalidPromptError
@@ -63,7 +64,10 @@ class RequestMixin:
         started = time.perf_counter()
         if (prompt is None) == (messages is None):
             raise InvalidPromptError("Give exactly one of prompt (a string) or messages (a list of chat messages).")
-        conversation = [{"role": "user", "content": check_prompt(prompt)}] if messages is None else check_messages(messages)
+        if messages is None:
+            conversation = [{"role": "user", "content": check_prompt(prompt)}]
+        else:
+            conversation = check_messages(messages)
         question = prompt if messages is None else conversation[-1]["content"]
         with self._lock:
             self._ready()

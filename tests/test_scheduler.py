@@ -304,7 +304,7 @@ def test_bad_requests_fail_at_submit_and_pin_nothing(llama, scheduler):
 
 def test_adapters_change_between_steps(tiny_model_dir, tmp_path, single_torch_thread):
     store = tmp_path / "store"
-    engine = make_engine(tiny_model_dir("llama"), store, **{"adapters": {"directory": str(store), "cache_size": 1}})
+    engine = make_engine(tiny_model_dir("llama"), store, adapters={"directory": str(store), "cache_size": 1})
     try:
         engine.save_adapter("a1")
         AdapterManager(store).import_peft(store / "a1", "b1")
@@ -370,3 +370,30 @@ def test_rows_leaving_trim_the_shared_padding(llama):
         assert batch.keys() == ["small"]
         assert batch.mask.shape[1] == batch.cache.layers[0].keys.shape[2] == len(encode(PROMPTS[0], templated=False)) + 1
         assert bool(batch.mask.all())
+
+
+# -- the real default model -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_default_model_concurrent_demo_adapters_equal_single_requests(default_engine, monkeypatch):
+    """Eight natural-length requests over the demo adapters and the base model, submitted together."""
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(default_engine, "adapter_manager", AdapterManager(repo / "adapters"))
+    jobs = []
+    for task in ("arithmetic", "dates", "extraction"):
+        lines = (repo / "data" / "demo" / task / "test.jsonl").read_text().splitlines()[:2]
+        jobs += [(json.loads(line)["prompt"], task) for line in lines]
+    jobs += [("What is the capital of France?", None), ("Name two primary colors.", "dates")]
+    gen = {"temperature": 0, "max_new_tokens": 48}
+    expected = [default_engine.query(prompt, adapter=adapter, **gen) for prompt, adapter in jobs]
+    scheduler = Scheduler(default_engine, max_batch_size=8).start()
+    try:
+        handles = [scheduler.submit(prompt=prompt, adapter=adapter, **gen) for prompt, adapter in jobs]
+        results = [handle.result(timeout=300) for handle in handles]
+    finally:
+        scheduler.stop()
+    assert [r.text for r in results] == [e.text for e in expected]
+    assert [r.completion_tokens for r in results] == [e.completion_tokens for e in expected]
+    assert len({e.completion_tokens for e in expected}) > 1  # natural lengths: rows left at different steps

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from adaptrix_core.errors import RequestCancelledError
 from adaptrix_core.generation import trim_at_stop
@@ -33,7 +34,7 @@ class RequestHandle:
     loop, an asyncio task cancelled when the client went away) cancels the request too.
     """
 
-    def __init__(self, request_id: str, on_cancel: Callable[["RequestHandle"], None]) -> None:
+    def __init__(self, request_id: str, on_cancel: Callable[[RequestHandle], None]) -> None:
         self.id = request_id
         self.submitted = time.perf_counter()
         self.ttft_ms: float | None = None
@@ -63,7 +64,7 @@ class RequestHandle:
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._done or len(self._pieces) > index)
+                    self._cond.wait_for(lambda seen=index: self._done or len(self._pieces) > seen)
                     pieces, finished = self._pieces[index:], self._done
                 index += len(pieces)
                 yield from pieces
@@ -80,7 +81,7 @@ class RequestHandle:
         index, complete = 0, False
         try:
             while True:
-                await self._until(lambda: self._done or len(self._pieces) > index)
+                await self._until(lambda seen=index: self._done or len(self._pieces) > seen)
                 with self._cond:
                     pieces, finished = self._pieces[index:], self._done
                 index += len(pieces)
@@ -94,14 +95,14 @@ class RequestHandle:
                 self.cancel()
         self._raise_failure()
 
-    def result(self, timeout: float | None = None) -> "QueryResult":
+    def result(self, timeout: float | None = None) -> QueryResult:
         """Wait for the ``QueryResult``; ``TimeoutError`` after ``timeout`` seconds (the request goes on)."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._done, timeout):
                 raise TimeoutError(f"Request {self.id} did not finish within {timeout} s.")
         return self._outcome()
 
-    async def aresult(self) -> "QueryResult":
+    async def aresult(self) -> QueryResult:
         """``result()`` for asyncio."""
         await self._until(lambda: self._done)
         return self._outcome()
@@ -125,7 +126,7 @@ class RequestHandle:
                 self._pieces.append(piece)
                 self._wake()
 
-    def _finish(self, result: "QueryResult | None" = None, error: BaseException | None = None) -> None:
+    def _finish(self, result: QueryResult | None = None, error: BaseException | None = None) -> None:
         with self._cond:
             if self._done:
                 return
@@ -157,7 +158,7 @@ class RequestHandle:
         if error is not None and not (self._cancelled and isinstance(error, RequestCancelledError)):
             raise error
 
-    def _outcome(self) -> "QueryResult":
+    def _outcome(self) -> QueryResult:
         if self._error is not None:
             raise self._error
         return self._result

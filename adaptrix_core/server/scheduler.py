@@ -28,8 +28,9 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from adaptrix_core.engine_requests import PreparedRequest
 from adaptrix_core.errors import (
@@ -88,7 +89,7 @@ class Scheduler:
         self._prefix = uuid.uuid4().hex[:8]
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         """Start the decode thread (loads the model if needed); returns the scheduler."""
         with self._cond:
             if self._state != "new":
@@ -215,7 +216,7 @@ class Scheduler:
                     self._prefill(batch, admitted)
                 if len(batch):
                     self._decode(batch)
-            except BaseException as exc:  # never let the thread die: fail what was running, start afresh
+            except Exception as exc:  # logged; the thread must live: fail the running rows, start afresh
                 log.exception("scheduler step failed")
                 batch = None
                 for request in list(self._running.values()):
@@ -248,7 +249,7 @@ class Scheduler:
         try:
             with self.engine.lock:
                 outputs = batch.add(rows)
-        except BaseException as exc:  # the running rows are untouched; only the new ones fail
+        except Exception as exc:  # noqa: BLE001 (handed to the new requests; the running rows are untouched)
             log.warning("prefill of %d request(s) failed: %s", len(admitted), exc)
             for request in admitted:
                 self._end(request, error=exc)
@@ -290,7 +291,7 @@ class Scheduler:
                 completion = self.engine.backend.generate([prepared.prompt], prepared.params,
                                                           templated=prepared.templated,
                                                           adapters=[prepared.choice.target])[0]
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 (handed to the request's caller)
             self._end(request, error=exc)
             return
         text, stopped = trim_at_stop(completion.text, prepared.params.stop)
@@ -307,7 +308,7 @@ class Scheduler:
             try:
                 result = self.engine.finish_request(request.prepared, text, prompt_tokens, completion_tokens,
                                                     finish_reason)
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 (handed to the request's caller)
                 error = exc
             else:
                 request.handle._finish(result=result)

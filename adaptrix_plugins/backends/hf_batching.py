@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import inspect
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache
