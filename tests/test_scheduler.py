@@ -355,6 +355,26 @@ def test_one_at_a_time_without_batching(llama):
                                                                        want.finish_reason)
 
 
+def test_one_token_rows_and_the_context_window(tiny_model_dir, tmp_path, single_torch_thread):
+    """Rows that end at their prefill, and rows cut by a small context window, as single requests end."""
+    engine = make_engine(tiny_model_dir("qwen2"), tmp_path / "store", model={"max_context": 40})
+    try:
+        jobs = [(PROMPTS[0], "a1", 1), (PROMPTS[5], "a2", 50), (PROMPTS[1], None, 1), (PROMPTS[3], "a1", 50)]
+        want = [single(engine, p, a, max_new_tokens=n, ignore_eos=True) for p, a, n in jobs]
+        assert want[1].finish_reason == "length" and want[1].prompt_tokens + want[1].completion_tokens == 40
+        scheduler = Scheduler(engine).start()
+        try:
+            handles = [scheduler.submit(prompt=p, adapter=a, max_new_tokens=n, ignore_eos=True, **GREEDY)
+                       for p, a, n in jobs]
+            got = [h.result(timeout=60) for h in handles]
+        finally:
+            scheduler.stop()
+        assert [(g.text, g.completion_tokens, g.finish_reason) for g in got] == \
+            [(w.text, w.completion_tokens, w.finish_reason) for w in want]
+    finally:
+        engine.cleanup()
+
+
 def test_rows_leaving_trim_the_shared_padding(llama):
     from adaptrix_core.protocols import StepRow
 

@@ -81,7 +81,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: dict[str, _Request] = {}
-        self._cancelled: set[str] = set()
+        self._cancelled: set[str] = set()  # running requests to drop at the next step
+        self._orphans: list[_Request] = []  # cancelled while waiting: the decode thread ends them
         self._state = "new"  # new -> running -> stopping -> stopped
         self._drain = True
         self._thread: threading.Thread | None = None
@@ -180,14 +181,18 @@ class Scheduler:
         return self._wanted_batching is not False and isinstance(self.engine.backend, StepBatching)
 
     def _cancel(self, handle: RequestHandle) -> None:
+        # Called from any thread, the event loop's too: it never waits for the engine lock (a step).
         with self._cond:
             waiting = next((request for request in self._waiting if request.handle is handle), None)
-            if waiting is not None:
-                self._waiting.remove(waiting)
-            else:
+            if waiting is None:
                 self._cancelled.add(handle.id)
-                self._cond.notify_all()
-        if waiting is not None:  # ended outside the condition: _end takes the engine lock
+            else:
+                self._waiting.remove(waiting)
+                if self._state in ("running", "stopping"):
+                    self._orphans.append(waiting)
+                    waiting = None
+            self._cond.notify_all()
+        if waiting is not None:  # no decode thread to hand it to
             self._end(waiting, error=RequestCancelledError(f"Request {handle.id} was cancelled."))
 
     # -- the decode thread ------------------------------------------------------------------------
@@ -195,14 +200,17 @@ class Scheduler:
         batch = None
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._waiting or self._running or self._state != "running")
+                self._cond.wait_for(lambda: self._waiting or self._running or self._orphans or self._state != "running")
                 if self._state != "running" and (not self._drain or not (self._waiting or self._running)):
                     break
+                orphans, self._orphans = self._orphans, []
                 room = self.max_batch_size - len(self._running)
                 admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
                 for request in admitted:
                     self._running[request.handle.id] = request
                 cancelled, self._cancelled = self._cancelled, set()
+            for request in orphans:
+                self._end(request, error=RequestCancelledError(f"Request {request.handle.id} was cancelled."))
             try:
                 if not self._batching:
                     for request in admitted:
@@ -224,6 +232,9 @@ class Scheduler:
         failure = SchedulerStoppedError("The server shut down before this request finished.")
         with self._cond:
             self._state = "stopped"
+            orphans, self._orphans = self._orphans, []
+        for request in orphans:
+            self._end(request, error=RequestCancelledError(f"Request {request.handle.id} was cancelled."))
         self._fail_waiting(failure)
         for request in list(self._running.values()):
             self._end(request, error=failure)
