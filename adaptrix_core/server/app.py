@@ -74,9 +74,10 @@ class ServerState:
             log.info("Model %s ready on %s", self.engine.model_id, self.engine.get_model_info()["device"])
         except Exception as exc:
             self.load_error = str(exc) if str(exc) else type(exc).__name__
-            log.error("The model failed to load: %s", self.load_error, exc_info=not _is_typed(exc))
             if self.on_load_error is not None:
-                self.on_load_error(exc)
+                self.on_load_error(exc)  # the caller reports it (adaptrix serve prints it and exits 1)
+            else:
+                log.error("The model failed to load: %s", self.load_error, exc_info=not _is_typed(exc))
 
     def _warm_router(self) -> None:
         """Build the configured router (and its embedder) now rather than in the first 'auto' request."""
