@@ -8,11 +8,13 @@ fails to load ends the process with status 1 and the reason.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from adaptrix_core.cli import EngineOptions, cli, handle_errors, model_options
+from adaptrix_core.errors import AdaptrixError
 
 
 @cli.command()
@@ -55,6 +57,8 @@ def serve(opts: EngineOptions, host, port, data_dir, router_name, api_key, max_b
     state = app.state.adaptrix
 
     def load_failed(exc: BaseException) -> None:
+        if not isinstance(exc, AdaptrixError):  # a bug, not bad input: keep its traceback for the report
+            logging.getLogger("adaptrix.server").error("The model failed to load", exc_info=exc)
         server.should_exit = True
 
     state.on_load_error = load_failed
