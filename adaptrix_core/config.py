@@ -155,6 +155,9 @@ class ServerSettings(_Section):
     max_queue: int = Field(64, ge=1, description="Requests allowed to wait for a batch slot; more are refused with 429.")
     max_upload_bytes: int = Field(25 * 2**20, ge=1, description="Largest POST /upload request body (bytes); larger gets 413.")
     max_upload_files: int = Field(32, ge=1, description="Most files one POST /upload may carry.")
+    max_request_bytes: int = Field(
+        8 * 2**20, ge=1, description="Largest JSON request body of the other endpoints (bytes); larger gets 413."
+    )
     drain_timeout: float = Field(
         30.0, gt=0, description="Seconds Ctrl-C / SIGTERM waits for in-flight requests to finish before exiting."
     )

@@ -21,6 +21,7 @@ from adaptrix_core.server import create_app
 
 GREEDY = {"temperature": 0, "max_new_tokens": 6}
 UPLOAD_LIMIT = 100_000
+REQUEST_LIMIT = 50_000
 HANDBOOK = (b"# Travel policy\n\nEmployees of Quorvale book trains for trips under four hours. "
             b"The travel desk answers on extension 4471.\n")
 CANTEEN = b"The Quorvale canteen serves lunch from noon until two o'clock on weekdays.\n"
@@ -40,7 +41,8 @@ def engine(tiny_model_dir, tmp_path_factory, single_torch_thread):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    app = create_app(engine, ServerSettings(max_upload_bytes=UPLOAD_LIMIT, max_upload_files=4))
+    app = create_app(engine, ServerSettings(max_upload_bytes=UPLOAD_LIMIT, max_upload_files=4,
+                                            max_request_bytes=REQUEST_LIMIT))
     with TestClient(app) as test_client:
         wait_until_healthy(test_client.get)
         yield test_client
@@ -127,6 +129,13 @@ def test_malformed_and_non_json_bodies_are_400(client):
                                                     headers={"content-type": "application/json"}), 400)["message"]
     error_of(client.post("/query", content=b"prompt=hi", headers={"content-type": "text/plain"}), 400)
     error_of(client.post("/v1/chat/completions", content=b"[1, 2]", headers={"content-type": "application/json"}), 400)
+
+
+def test_oversized_json_bodies_are_413(client):
+    error_of(client.post("/query", json={"prompt": "x" * REQUEST_LIMIT}), 413, "request_too_large")
+    error_of(client.post("/v1/chat/completions", content=b"{" + b" " * REQUEST_LIMIT,
+                         headers={"content-type": "application/json"}), 413, "request_too_large")
+    assert client.post("/query", json={"prompt": "say alpha", **GREEDY}).status_code == 200
 
 
 def test_unknown_endpoint_and_method(client):
@@ -334,7 +343,23 @@ def test_upload_limits_and_types(client, engine):
     assert (sorted(uploads.iterdir()) if uploads.exists() else []) == before
 
 
-# -- auth, queue, failures, metrics ---------------------------------------------------------------------
+# -- settings, auth, queue, failures, metrics -----------------------------------------------------------
+def test_server_settings_from_file_environment_and_flags(tmp_path):
+    from click.testing import CliRunner
+
+    from adaptrix_core.cli import cli
+    from adaptrix_core.config import load_config
+
+    config_file = tmp_path / "adaptrix.yaml"
+    config_file.write_text("server:\n  port: 9000\n  api_key: from-file\n")
+    assert load_config(config_file, environ={}).server.api_key == "from-file"
+    server = load_config(config_file, environ={"ADAPTRIX_API_KEY": "from-env"}).server
+    assert (server.api_key, server.port, server.host, server.max_upload_bytes) == ("from-env", 9000, "127.0.0.1",
+                                                                                   25 * 2**20)
+    refused = CliRunner().invoke(cli, ["serve", "--config", str(config_file), "--port", "70000"])
+    assert refused.exit_code == 1 and "server.port" in refused.output
+
+
 def test_api_key_guards_everything_but_health(engine):
     with TestClient(create_app(engine, ServerSettings(api_key="sesame"))) as client:
         wait_until_healthy(client.get)

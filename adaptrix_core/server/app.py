@@ -133,6 +133,54 @@ class AuthMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with 413, counting them as they arrive.
+
+    The body (JSON, at most ``limit`` bytes) is read here and handed on whole; ``/upload`` counts its
+    own, larger limit while it parses.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH") or scope["path"] == "/upload":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        handed = False
+
+        async def replay() -> dict:
+            nonlocal handed
+            if handed:
+                return await receive()  # later reads wait for the disconnect, as usual
+            handed = True
+            return whole
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(error_body(f"The request body is larger than {self.limit:,} bytes (server.max_request_bytes).",
+                                     "invalid_request_error", "request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 class MetricsMiddleware:
     """Count every answer by endpoint (the route's path template) and status."""
 
@@ -204,6 +252,7 @@ def create_app(engine: Any = None, settings: ServerSettings | None = None) -> Fa
     app.include_router(native.router)
     app.include_router(uploads.router)
     app.include_router(openai_api.router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, fastapi_app=app)
     return app
