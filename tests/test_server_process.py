@@ -185,11 +185,16 @@ def test_disconnect_cancels_the_request(server):
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         assert sum(1 for line, _ in zip(lines, range(6)) if line.startswith("data:")) >= 3
+    with pytest.raises(httpx.ReadTimeout):  # a plain request whose client gives up
+        http.post("/query", json={"prompt": "say nu", "max_new_tokens": 480, "ignore_eos": True, "temperature": 0},
+                  timeout=1.0)
     deadline = time.monotonic() + 10
     while http.get("/status").json()["batch_size"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert http.get("/status").json()["batch_size"] == 0
-    assert 'adaptrix_cancelled_requests_total{endpoint="/v1/chat/completions"} 1.0' in http.get("/metrics").text
+    metrics = http.get("/metrics").text
+    assert 'adaptrix_cancelled_requests_total{endpoint="/v1/chat/completions"} 1.0' in metrics
+    assert 'adaptrix_cancelled_requests_total{endpoint="/query"} 1.0' in metrics
 
 
 def test_metrics(server):
