@@ -155,7 +155,13 @@ async def upload(request: Request) -> dict[str, Any]:
         await form.close()
     if not saved:
         raise HTTPError(415, " ".join(r["error"]["message"] for r in results), code="unsupported_media_type")
-    report = await run_in_threadpool(engine.add_documents, [path for _, path, _ in saved])
+    try:
+        report = await run_in_threadpool(engine.add_documents, [path for _, path, _ in saved])
+    except BaseException:  # nothing was committed: take the new files away again
+        for _, path, existed in saved:
+            if not existed:
+                path.unlink(missing_ok=True)
+        raise
     _fill_results(report, saved)
     done = [r for r in results if r["status"] != "failed"]
     if not done:
