@@ -40,6 +40,10 @@ def serve(opts: EngineOptions, host, port, data_dir, router_name, api_key, max_b
     from adaptrix_core.server import create_app
 
     _quiet_libraries()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    logging.getLogger("adaptrix").addHandler(handler)  # model ready / load failures / scheduler problems
+    logging.getLogger("adaptrix").setLevel(log_level.upper())
     config = load_config(path=opts.config_path, overrides={
         "model": {"model_id": opts.model_id, "device": opts.device, "backend": opts.backend},
         "adapters": {"directory": opts.adapters_dir},
