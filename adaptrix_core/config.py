@@ -20,6 +20,8 @@ from adaptrix_core.errors import ConfigError
 
 ENV_PREFIX = "ADAPTRIX_"
 CONFIG_FILE_VARIABLE = "ADAPTRIX_CONFIG"
+#: Short environment variables that set one config field (besides ADAPTRIX_<SECTION>__<FIELD>).
+ENV_ALIASES = {"ADAPTRIX_API_KEY": ("server", "api_key")}
 
 
 class _Section(BaseModel):
@@ -137,6 +139,27 @@ class RagSettings(_Section):
         return self
 
 
+class ServerSettings(_Section):
+    """``adaptrix serve``: where the HTTP server listens, who may call it, and its request bounds."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 keeps the server local to this machine.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free port).")
+    api_key: str | None = Field(
+        None, description="When set, every endpoint but /health needs 'Authorization: Bearer <key>' "
+        "(also read from the ADAPTRIX_API_KEY environment variable).",
+    )
+    max_batch_size: int = Field(8, ge=1, description="Requests decoded together in one batch by the scheduler.")
+    max_queue: int = Field(64, ge=1, description="Requests allowed to wait for a batch slot; more are refused with 429.")
+    max_upload_bytes: int = Field(25 * 2**20, ge=1, description="Largest POST /upload request body (bytes); larger gets 413.")
+    max_upload_files: int = Field(32, ge=1, description="Most files one POST /upload may carry.")
+    max_request_bytes: int = Field(
+        8 * 2**20, ge=1, description="Largest JSON request body of the other endpoints (bytes); larger gets 413."
+    )
+    drain_timeout: float = Field(
+        30.0, gt=0, description="Seconds Ctrl-C / SIGTERM waits for in-flight requests to finish before exiting."
+    )
+
+
 class AdaptrixConfig(_Section):
     """Everything the engine and the CLI read. Build it with :func:`load_config`."""
 
@@ -152,6 +175,7 @@ class AdaptrixConfig(_Section):
         description="Settings of individual plugins by name, each validated by the plugin's own model when "
         "it is used, e.g. plugins: {hybrid: {weights: {keyword: 0.2, semantic: 0.3, classifier: 0.5}}}.",
     )
+    server: ServerSettings = Field(default_factory=ServerSettings, description="The HTTP server (adaptrix serve).")
     cache_dir: str = Field(
         "~/.cache/adaptrix",
         description="Where converted models (GGUF to safetensors) and other derived files are kept.",
@@ -195,8 +219,11 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """Turn ``ADAPTRIX_SECTION__FIELD=value`` variables into a nested dict of config fields."""
     overrides: dict[str, Any] = {}
     top_fields = set(AdaptrixConfig.model_fields)
+    for key, (section, name) in ENV_ALIASES.items():
+        if environ.get(key):
+            overrides.setdefault(section, {})[name] = environ[key]
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_FILE_VARIABLE:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_FILE_VARIABLE or key in ENV_ALIASES:
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         if parts[0] not in top_fields:

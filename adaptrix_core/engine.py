@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
+from adaptrix_core.engine_requests import RequestMixin
 from adaptrix_core.rag.service import DocumentIndex
 from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
@@ -38,7 +39,7 @@ from adaptrix_core.routing.service import RouterService
 from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
 
 
-class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
+class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
@@ -84,6 +85,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin):
                                      self._load_embedder, self.config.plugins)
         self.documents = DocumentIndex(self.config.rag, self._load_embedder, self.config.router.embedding_model,
                                        self._lock)
+        self._init_requests()
 
     # -- lifecycle -------------------------------------------------------------------------
     def initialize(self) -> "ModularAdaptrixEngine":

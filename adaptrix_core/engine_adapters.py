@@ -203,7 +203,7 @@ class AdapterServingMixin:
     def _evict(self, keep: Sequence[str]) -> None:
         """Unload least recently used adapters beyond ``cache_size`` (never unsaved or ``keep`` ones)."""
         limit = self.config.adapters.cache_size
-        protected = set(keep)
+        protected = set(keep) | self.busy_adapters()  # adapters of requests in flight (engine_requests)
         for entry in list(self._loaded.values()):
             if entry.kind == "composed":
                 protected.update(entry.parts if entry.name in protected else ())

@@ -142,3 +142,15 @@ class IndexCorruptError(AdaptrixError, RuntimeError):
 class IndexAccessError(AdaptrixError, OSError):
     """The retrieval index folder could not be read or written (locked by another writer past the wait,
     read-only, disk full); the committed index is left as it was."""
+
+
+class QueueFullError(AdaptrixError, RuntimeError):
+    """The scheduler's request queue holds its maximum number of waiting requests; retry later."""
+
+
+class SchedulerStoppedError(AdaptrixError, RuntimeError):
+    """The scheduler is stopping or stopped, so it accepts no new requests (or dropped a waiting one)."""
+
+
+class RequestCancelledError(AdaptrixError, RuntimeError):
+    """The request was cancelled (its client went away) before it finished, so it has no result."""

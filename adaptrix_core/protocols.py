@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     from adaptrix_core.config import ModelSettings
@@ -157,3 +157,87 @@ class Router(Protocol):
 
     def route(self, prompt: str, candidates: Sequence[Any]) -> RoutingDecision:
         """Score every candidate adapter for ``prompt`` and select those above threshold (top-k)."""
+
+
+# -- iteration-level (continuous) batching -------------------------------------------------------
+
+@dataclass
+class StepRow:
+    """One request joining a running batch: what ``StepBatch.add`` needs to prefill it.
+
+    ``key`` identifies the row in every later call and output; ``token_ids`` is the prompt as
+    ``StepBatching.encode_prompt`` returned it; ``adapter`` names the loaded adapter the row runs
+    with (None: the base model), re-resolved on every step so that adapters may be loaded, unloaded
+    or evicted between steps without touching the rows that do not use them.
+    """
+
+    key: str
+    token_ids: list[int]
+    params: "SamplingParams"
+    adapter: str | None = None
+
+
+@dataclass
+class StepOutput:
+    """A row's state after one forward pass.
+
+    ``text`` is the whole answer decoded so far (special tokens and the final end-of-turn token
+    left out; an incomplete UTF-8 tail may show as U+FFFD until the next token). ``finish_reason``
+    is None while the row continues, ``"stop"`` when it produced an end-of-sequence/end-of-turn
+    token, ``"length"`` when it reached ``max_new_tokens`` or the context window; a finished row
+    has already left the batch. Stop strings are the caller's business (``StepBatch.remove``).
+    """
+
+    key: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class StepBatch(Protocol):
+    """A running batch whose rows decode in lock step and join or leave between steps.
+
+    Every method runs one piece of tensor work and returns; the caller (the scheduler's single
+    decode thread) holds the engine lock around each call, so nothing else touches the model during
+    a step, and other engine calls (loading an adapter) may run between steps. A row's outputs never
+    depend on its batch mates: greedy rows give exactly the tokens a single-request ``generate``
+    gives, and a sampled row draws from its own generator seeded by ``params.seed``.
+    """
+
+    def add(self, rows: Sequence[StepRow]) -> list[StepOutput]:
+        """Prefill ``rows`` together, sample each one's first token and merge them into the batch.
+
+        Returns one output per new row (those already finished after one token have left again).
+        On an error the running rows are untouched and none of ``rows`` joined.
+        """
+
+    def step(self) -> list[StepOutput]:
+        """Decode one token for every row; returns one output per row (finished rows leave)."""
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Take rows out of the batch (cancelled, stopped by a stop string); unknown keys are ignored."""
+
+    def keys(self) -> list[str]:
+        """The keys of the rows in the batch, in batch order."""
+
+    def __len__(self) -> int:
+        """Number of rows in the batch."""
+
+
+@runtime_checkable
+class StepBatching(Protocol):
+    """Backend capability: iteration-level batching across requests and adapters.
+
+    A backend with it lets the server's scheduler run concurrent requests as one batch in which
+    requests join at step boundaries and finished rows leave, the way text-generation-inference
+    batched plain transformers models. Backends without it (ONNX, remote) are driven one request at
+    a time through ``BaseModelInterface.generate``.
+    """
+
+    def encode_prompt(self, prompt: str, *, templated: bool) -> list[int]:
+        """Token ids of a rendered prompt exactly as ``generate`` would feed them (BOS added unless templated)."""
+
+    def new_step_batch(self) -> StepBatch:
+        """An empty batch bound to the loaded model."""

@@ -174,6 +174,18 @@ class HFBackend:
         self._require_model()
         return train_lora(self, name, examples, options, progress)
 
+    # -- iteration-level batching (see hf_batching; the StepBatching protocol) -------------------
+    def encode_prompt(self, prompt: str, *, templated: bool) -> list[int]:
+        """Token ids of one rendered prompt, as ``generate`` feeds them (BOS added unless templated)."""
+        self._require_model()
+        return self.tokenizer(prompt, add_special_tokens=not templated).input_ids
+
+    def new_step_batch(self) -> Any:
+        """An empty running batch (``hf_batching.HFStepBatch``) for the scheduler."""
+        from adaptrix_plugins.backends.hf_batching import HFStepBatch
+
+        return HFStepBatch(self)
+
     # -- generation --------------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str], templated: bool) -> Any:
         return self.tokenizer(
