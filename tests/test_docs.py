@@ -16,6 +16,7 @@ from doc_examples import (
     REPO,
     MarkerError,
     collect_examples,
+    console_commands,
     prepare_workdir,
     read_blocks,
     run_example,
@@ -54,6 +55,12 @@ def test_doc_example(example, tmp_path: Path, tiny_model_dir, project_before) ->
     assert result.returncode == 0, f"{example.id} exited with {result.returncode}:\n{output[-6000:]}"
     for text in example.expect:
         assert text in output, f"{example.id}: {text!r} not in the output:\n{output[-6000:]}"
+    # An example that makes adapters removes them again: the store ends with the files it started with.
+    assert _files(folder / "adapters") == _files(REPO / "adapters"), f"{example.id} left files in the store"
+
+
+def _files(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*")}
 
 
 def test_every_doc_file_has_examples_and_markers_parse() -> None:
@@ -81,6 +88,11 @@ def test_bad_markers_are_refused(tmp_path: Path) -> None:
                    encoding="utf-8")
     (joined,) = collect_examples([doc])
     assert joined.code == "x = 1\n\nprint(x + 1)\n" and joined.expect == ["2"] and joined.tier == "default"
+
+
+def test_console_blocks_run_their_commands_only() -> None:
+    transcript = "$ adaptrix list --json\n[]\n$ echo one \\\n> two\none two\n"
+    assert console_commands(transcript) == "adaptrix list --json\necho one \\\ntwo\n"
 
 
 def test_examples_left_the_project_untouched(project_before) -> None:
