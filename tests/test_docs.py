@@ -3,8 +3,9 @@
 Every ``python``, ``bash``/``sh`` and ``console`` block of README.md and docs/*.md runs in a scratch
 folder holding copies of ``adapters/``, ``data/``, ``configs/`` and ``scripts/`` (see
 ``tests/doc_examples.py`` for the markers that say how a block runs). Blocks on the real default
-model are marked ``slow``; ``tiny`` and ``no-model`` blocks run in the fast suite. The last test
-checks that the project's own adapter store and data were not touched by any of them.
+model are marked ``slow``; ``tiny`` and ``no-model`` blocks run in the fast suite. After each example
+(and once more at the end) the project's own adapter store, data and configs are checked to be
+byte-identical to what they were before the first one.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _param(example):
 @pytest.fixture(scope="session")
 def project_before() -> dict[str, str]:
     """Digests of the guarded project folders, taken before the first example runs."""
-    return {name: tree_digest(REPO / name) for name in GUARDED}
+    return _project_digests()
 
 
 @pytest.mark.parametrize("example", [_param(e) for e in EXAMPLES])
@@ -57,6 +58,16 @@ def test_doc_example(example, tmp_path: Path, tiny_model_dir, project_before) ->
         assert text in output, f"{example.id}: {text!r} not in the output:\n{output[-6000:]}"
     # An example that makes adapters removes them again: the store ends with the files it started with.
     assert _files(folder / "adapters") == _files(REPO / "adapters"), f"{example.id} left files in the store"
+    assert _project_digests() == project_before, f"{example.id} changed the project's own files"
+    assert not _strays(), f"{example.id} wrote into the project: {_strays()}"
+
+
+def _project_digests() -> dict[str, str]:
+    return {name: tree_digest(REPO / name) for name in GUARDED}
+
+
+def _strays() -> list[str]:
+    return [name for name in STRAYS if (REPO / name).exists()]
 
 
 def _files(root: Path) -> set[str]:
@@ -88,6 +99,17 @@ def test_bad_markers_are_refused(tmp_path: Path) -> None:
                    encoding="utf-8")
     (joined,) = collect_examples([doc])
     assert joined.code == "x = 1\n\nprint(x + 1)\n" and joined.expect == ["2"] and joined.tier == "default"
+    for marker in ("skip:", "tiny; no-model", "expect:"):
+        doc.write_text(f"<!-- doctest: {marker} -->\n```bash\necho 1\n```\n", encoding="utf-8")
+        with pytest.raises(MarkerError):
+            collect_examples([doc])
+    doc.write_text("<!-- doctest: tiny -->\n```toml\na = 1\n```\n", encoding="utf-8")
+    with pytest.raises(MarkerError, match="never runs"):
+        collect_examples([doc])
+    doc.write_text("<!-- doctest: tiny; skip: needs a GPU; and a network -->\n```sh\nnvidia-smi\n```\n",
+                   encoding="utf-8")
+    (skipped,) = collect_examples([doc])
+    assert skipped.skip == "needs a GPU; and a network" and skipped.tier == "tiny" and skipped.kind == "shell"
 
 
 def test_console_blocks_run_their_commands_only() -> None:
@@ -96,8 +118,6 @@ def test_console_blocks_run_their_commands_only() -> None:
 
 
 def test_examples_left_the_project_untouched(project_before) -> None:
-    # Runs after the examples (pytest keeps file order): they worked on copies in scratch folders.
-    after = {name: tree_digest(REPO / name) for name in GUARDED}
-    assert after == project_before
-    strays = [name for name in STRAYS if (REPO / name).exists()]
-    assert not strays, f"an example wrote into the project: {strays}"
+    # Each example checks this right after it ran; this runs after the last one (pytest keeps file order).
+    assert _project_digests() == project_before
+    assert not _strays(), f"an example wrote into the project: {_strays()}"
