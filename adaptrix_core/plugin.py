@@ -21,7 +21,7 @@ from adaptrix_core.errors import (
 from adaptrix_core.families import ChatQuirks, GenerationDefaults, ModelFamily
 from adaptrix_core.hookspecs import hookimpl
 from adaptrix_core.model_source import ModelSource
-from adaptrix_core.protocols import AdapterBackend, BaseModelInterface, Router, RoutingDecision
+from adaptrix_core.protocols import AdapterBackend, BaseModelInterface, Capability, Router, RoutingDecision
 from adaptrix_core.routing.selection import AdapterCard, RouterResources, default_thresholds, select
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
 
@@ -32,6 +32,7 @@ __all__ = [
     "AdaptrixError",
     "BackendCapabilityError",
     "BaseModelInterface",
+    "Capability",
     "ChatQuirks",
     "Completion",
     "ConfigError",
