@@ -55,6 +55,7 @@ class HFBackend:
         self._description: ModelDescription | None = None
         self._module_names: list[str] = []
         self.lora: PeftAdapters | None = None
+        self._fingerprint: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
@@ -101,6 +102,7 @@ class HFBackend:
         self.model = None
         self.tokenizer = None
         self.lora = None
+        self._fingerprint = None
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -122,6 +124,15 @@ class HFBackend:
     def module_names(self) -> list[str]:
         self._require_model()
         return list(self._module_names)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the loaded base model is (see ``hf_fingerprint``); computed once, unchanged by adapters."""
+        from adaptrix_plugins.backends.hf_fingerprint import model_fingerprint
+
+        self._require_model()
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.lora.shapes, self.layers_path, self._description)
+        return dict(self._fingerprint)
 
     # -- LoRA adapters (see hf_lora.PeftAdapters) ---------------------------------------------------
     def lora_shapes(self) -> dict[str, tuple[int, int]]:
