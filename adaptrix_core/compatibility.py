@@ -12,7 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from adaptrix_core.base_identity import BaseIdentity, base_problems, normalise_model_name
+from adaptrix_core.base_identity import (
+    BaseIdentity,
+    base_problems,
+    normalise_model_name,
+)
 from adaptrix_core.errors import AdapterError
 from adaptrix_core.families import ModelFamily
 from adaptrix_core.lora_options import option_problems, tensor_problems

@@ -14,10 +14,18 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from adaptrix_core.adapter_meta import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
-from adaptrix_core.adapter_store import check_peft_folder, lora_module_shapes, read_safetensors_header
+from adaptrix_core.adapter_store import (
+    check_peft_folder,
+    lora_module_shapes,
+    read_safetensors_header,
+)
 from adaptrix_core.base_identity import BaseIdentity
 from adaptrix_core.compatibility import check_compatibility
-from adaptrix_core.errors import AdapterError, AdapterExistsError, AdapterIncompatibleError
+from adaptrix_core.errors import (
+    AdapterError,
+    AdapterExistsError,
+    AdapterIncompatibleError,
+)
 from adaptrix_core.protocols import AdapterBackend
 from adaptrix_core.types import CompatibilityReport
 
@@ -44,10 +52,12 @@ class AdapterChecksMixin:
     def _base_identity(self) -> BaseIdentity:
         """The served model's ids (hub id, model id, GGUF file), weight paths and fingerprint."""
         source, backend = self._source, self._backend
-        loaded_from = source.path / source.gguf_file if source.gguf_file else source.path
+        # The folder (also a GGUF file's folder: transformers records it as the model's path), the
+        # GGUF file, and the converted safetensors folder the weights were read from.
+        paths = [str(source.path), str(source.path / source.gguf_file) if source.gguf_file else "",
+                 str(self._description.extra.get("weights_path") or "")]
         return BaseIdentity.from_ids(
-            (source.canonical_id, self.model_id, source.gguf_file or ""),
-            paths=(str(loaded_from), str(self._description.extra.get("weights_path") or "")),
+            (source.canonical_id, self.model_id, source.gguf_file or ""), paths=paths,
             fingerprint=backend.fingerprint() if isinstance(backend, AdapterBackend) else None,
         )
 

@@ -89,7 +89,11 @@ class AdapterBackend(Protocol):
         name the same base weights when those keys are equal; adapters record it when saved."""
 
     def inject_lora(self, name: str, config: Mapping[str, Any], weights_file: Path | None = None) -> int:
-        """Add adapter ``name`` from a PEFT config dict (fresh, or with safetensors weights); return its bytes."""
+        """Add adapter ``name`` from a PEFT config dict (fresh, or with safetensors weights); return its bytes.
+
+        Raises ``AdapterIncompatibleError`` for options or saved tensors that would change, replace or
+        extend base modules (see ``adaptrix_core.lora_options``); on any failure the model is left
+        exactly as it was."""
 
     def remove_lora(self, name: str) -> None:
         """Remove adapter ``name`` from the model."""

@@ -71,7 +71,7 @@ def base_digest(engine: ModularAdaptrixEngine) -> str:
 def base_logits(engine: ModularAdaptrixEngine) -> torch.Tensor:
     """Next-token logits of the first prompt with no adapter (through the backend's adapter switch)."""
     backend = engine.backend
-    ids = backend.tokenizer(PROMPTS[1], return_tensors="pt").input_ids
+    ids = backend.tokenizer(PROMPTS[1], return_tensors="pt").input_ids.to(backend.device)
     with torch.inference_mode(), backend.lora.activated([None]) as (model, _):
         return model(input_ids=ids).logits[0, -1].clone()
 

@@ -17,13 +17,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft_helpers import GREEDY, assert_base_intact, edit_config, make_peft_adapter, snapshot
+from peft_helpers import (
+    GREEDY,
+    assert_base_intact,
+    edit_config,
+    make_peft_adapter,
+    snapshot,
+)
 from safetensors.torch import load_file, save_file
 
 from adaptrix_core import ModularAdaptrixEngine
 from adaptrix_core.adapter_store import AdapterManager
 from adaptrix_core.engine_adapters import MAX_ADAPTER_WEIGHT
-from adaptrix_core.errors import AdapterError, AdapterIncompatibleError, InvalidGenerationParameterError
+from adaptrix_core.errors import (
+    AdapterError,
+    AdapterIncompatibleError,
+    InvalidGenerationParameterError,
+)
 from adaptrix_core.lora_options import REFUSED_OPTIONS, SERVED_OPTIONS
 
 WEIGHTS = "adapter_model.safetensors"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -132,7 +133,7 @@ class HFBackend:
         self._require_model()
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model, self.lora.shapes, self.layers_path, self._description)
-        return dict(self._fingerprint)
+        return copy.deepcopy(self._fingerprint)
 
     # -- LoRA adapters (see hf_lora.PeftAdapters) ---------------------------------------------------
     def lora_shapes(self) -> dict[str, tuple[int, int]]:

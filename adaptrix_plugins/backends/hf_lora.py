@@ -14,12 +14,23 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from adaptrix_core.errors import AdaptrixError, AdapterCorruptError, AdapterError, AdapterIncompatibleError
+from adaptrix_core.errors import (
+    AdapterCorruptError,
+    AdapterError,
+    AdapterIncompatibleError,
+    AdaptrixError,
+)
 from adaptrix_core.lora_options import option_problems, tensor_problems
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
