@@ -2,8 +2,8 @@
 
 It identifies a base model by what it is rather than by its path or id: architecture, depth, width,
 vocabulary, the shapes of every LoRA-targetable layer, and a sha256 over a few fixed tensors (the
-first ``HASHED_ROWS`` rows of the input embedding and of the first targetable layer of the first and
-of the last block). Tensors are hashed after rounding to bfloat16 on the CPU, so a float32 and a
+first ``HASHED_ROWS`` rows of the input and output embeddings and of every targetable layer of the
+first, middle and last blocks). Tensors are hashed after rounding to bfloat16 on the CPU, so a float32 and a
 bfloat16 load of the same weights, on any device, give the same fingerprint; a float16 load may
 differ (float16 rounds and clamps differently), as do other revisions or quantisations.
 """
@@ -43,17 +43,16 @@ def model_fingerprint(model: torch.nn.Module, shapes: Mapping[str, tuple[int, in
         "\n".join(f"{name}:{fan_in}:{fan_out}" for name, (fan_in, fan_out) in sorted(shapes.items())).encode()
     ).hexdigest()
     digest = hashlib.sha256()
-    embedding = model.get_input_embeddings()
     hashed = []
-    if embedding is not None and getattr(embedding, "weight", None) is not None:
-        digest.update(b"embedding" + _tensor_bytes(embedding.weight))
-        hashed.append("input_embedding")
-    for block in sorted({0, num_layers - 1}):
+    for label, module in (("input_embedding", model.get_input_embeddings()), ("output_embedding", model.get_output_embeddings())):
+        if module is not None and getattr(module, "weight", None) is not None:
+            digest.update(label.encode() + _tensor_bytes(module.weight))
+            hashed.append(label)
+    for block in sorted({0, num_layers // 2, num_layers - 1}):
         prefix = f"{layers_path}.{block}."
-        first = next((name for name in shapes if name.startswith(prefix)), None)
-        if first is not None:
-            digest.update(first.encode() + _tensor_bytes(_base_weight(model, first)))
-            hashed.append(first)
+        for name in (name for name in shapes if name.startswith(prefix)):
+            digest.update(name.encode() + _tensor_bytes(_base_weight(model, name)))
+            hashed.append(name)
     return {
         "format": FINGERPRINT_FORMAT,
         "architecture": description.architectures[0] if description.architectures else None,
