@@ -45,7 +45,7 @@ SERVED_OPTIONS = frozenset({
     "loftq_config", "eva_config", "corda_config", "lora_ga_config",
 })
 
-_LORA_TENSOR = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:A|B)\.weight$")
+_LORA_TENSOR = re.compile(r"^(?:base_model\.model\.)?.+\.lora_(?:A|B)\.weight$")
 
 
 def _is_set(value: Any) -> bool:
@@ -109,9 +109,3 @@ def tensor_problems(names: Iterable[str]) -> list[str]:
     shown = ", ".join(repr(name) for name in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
     return [f"Its weights file holds {len(others)} tensor(s) that are not LoRA A/B weights ({shown}); loading them "
             "would change or extend the shared base model, so the adapter is refused."]
-
-
-def lora_module_of(tensor_name: str) -> str | None:
-    """The module path a LoRA tensor belongs to (``model.layers.0.self_attn.q_proj``), or None."""
-    match = _LORA_TENSOR.match(tensor_name)
-    return match.group("module") if match else None

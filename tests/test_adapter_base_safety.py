@@ -185,6 +185,20 @@ def test_extra_base_tensor_in_the_weights_file_never_reaches_the_base(shared, ma
     assert_refused_everywhere(engine, fresh, folder, "poisoned", "not LoRA A/B weights")
 
 
+def test_adapter_saved_after_resizing_the_vocabulary_is_refused(shared, tiny_model_dir, tmp_path):
+    """peft saves the whole resized embedding beside the LoRA weights; loading it would replace the base's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    engine, fresh = shared
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("llama")))
+    model.resize_token_embeddings(model.config.vocab_size + 8)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(str(tmp_path / "resized"), save_embedding_layers=True)
+    assert any("embed_tokens" in key for key in load_file(str(tmp_path / "resized" / WEIGHTS)))
+    assert_refused_everywhere(engine, fresh, tmp_path / "resized", "resized", "not LoRA A/B weights")
+
+
 def test_non_finite_lora_weights_are_refused(shared, made, tmp_path):
     engine, fresh = shared
     folder = variant(made["plain"], tmp_path / "nan")
