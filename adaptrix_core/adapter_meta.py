@@ -68,6 +68,8 @@ class AdapterMetadata(BaseModel):
     version: str = Field("1.0.0", description="Version of this adapter, chosen by its author.")
     description: str = Field("", description="What the adapter does, in a sentence (routers read it).")
     base_model: str | None = Field(None, description="Hub id (or name) of the base model it was trained on.")
+    base_fingerprint: dict[str, Any] | None = Field(
+        None, description="Fingerprint of the base model's weights it was trained on (see AdapterBackend.fingerprint).")
     family: str | None = Field(None, description="Model family of the base model.")
     target_layers: list[int] | None = Field(None, description="Transformer blocks carrying LoRA; None means all.")
     target_modules: list[str] = Field(default_factory=list, description="Projection names carrying LoRA.")

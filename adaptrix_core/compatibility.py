@@ -1,4 +1,9 @@
-"""Does an adapter's configuration fit the loaded model? Checked before any weights are touched."""
+"""Does an adapter's configuration fit the loaded model? Checked before any weights are touched.
+
+Besides family, depth, targets and base model, the check refuses every PEFT option that would change
+the shared base model (see ``lora_options``) and, when the weights file's tensor names are given,
+any saved tensor that is not a LoRA A/B matrix.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,17 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from adaptrix_core.base_identity import (
+    BaseIdentity,
+    base_problems,
+    normalise_model_name,
+)
 from adaptrix_core.errors import AdapterError
 from adaptrix_core.families import ModelFamily
+from adaptrix_core.lora_options import option_problems, tensor_problems
 from adaptrix_core.types import CompatibilityReport
 
-_QUANT_SUFFIX = re.compile(r"([.\-_](q\d\w*|f16|f32|bf16|fp16|gguf|instruct-gguf))+$", re.IGNORECASE)
-
-
-def normalise_model_name(name: str) -> str:
-    """``HuggingFaceTB/SmolLM2-135M-Instruct``, ``.../SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``smollm2-135m-instruct``."""
-    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    base = re.sub(r"\.gguf$", "", base, flags=re.IGNORECASE)
-    return _QUANT_SUFFIX.sub("", base).lower()
+__all__ = ["check_compatibility", "normalise_model_name", "read_adapter_config"]
 
 
 def read_adapter_config(adapter_config: Any) -> dict[str, Any]:
@@ -58,16 +62,66 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _target_problems(targets: Any, family: ModelFamily, module_names: list[str],
+                     linear_modules: list[str] | None) -> list[str]:
+    """Every module the targets select (peft's rules) must be a projection of the family."""
+    problems: list[str] = []
+    leaves = {name.rsplit(".", 1)[-1] for name in module_names}
+    if isinstance(targets, str):
+        if targets == "all-linear":  # peft: every Linear except the output layer
+            chosen = [n for n in (linear_modules or []) if "." in n]
+        else:
+            try:
+                pattern = re.compile(targets)
+            except re.error as exc:
+                return [f"The target_modules pattern {targets!r} is not a valid regular expression: {exc}."]
+            chosen = [name for name in module_names if pattern.fullmatch(name)]
+            if module_names and not chosen:
+                return [f"The target_modules pattern {targets!r} matches no module of this model."]
+        others = sorted({n for n in chosen if n.rsplit(".", 1)[-1] not in family.projection_modules})
+        if others:
+            problems.append(
+                f"The target_modules {targets!r} select {len(others)} module(s) that are not projections of the "
+                f"{family.name} family, e.g. {others[0]!r} (known: {', '.join(family.projection_modules)})."
+            )
+        return problems
+    for name in _as_list(targets):
+        # peft matches a list entry as a module path or a dotted suffix of one ("all-linear" is saved
+        # as full paths such as "model.layers.0.mlp.down_proj").
+        dotted = isinstance(name, str) and "." in name
+        if (name.rsplit(".", 1)[-1] if dotted else name) not in family.projection_modules:
+            problems.append(
+                f"Target module {name!r} is not a projection of the {family.name} family "
+                f"(known: {', '.join(family.projection_modules)})."
+            )
+        elif dotted and module_names and not any(m == name or m.endswith("." + name) for m in module_names):
+            problems.append(f"Target module {name!r} matches no module of this model.")
+        elif not dotted and module_names and name not in leaves:
+            problems.append(f"Target module {name!r} belongs to the {family.name} family but this model has none.")
+    if not targets:
+        problems.append("The adapter names no target modules.")
+    return problems
+
+
 def check_compatibility(
     adapter_config: Any,
     family: ModelFamily,
     num_layers: int,
     module_names: list[str],
-    model_names: Iterable[str],
+    model_names: Iterable[str] | BaseIdentity,
+    *,
+    tensor_names: Iterable[str] | None = None,
+    linear_modules: Iterable[str] | None = None,
 ) -> CompatibilityReport:
-    """Compare an adapter configuration with the engine's family, depth, modules and base model."""
+    """Compare an adapter configuration with the engine's family, depth, modules and base model.
+
+    ``model_names`` is a ``BaseIdentity`` (ids, weight paths, fingerprint) or just the model's ids.
+    ``tensor_names`` are the keys of the adapter's safetensors file, when known; ``linear_modules``
+    the paths of the model's Linear layers (to resolve ``target_modules="all-linear"``).
+    """
     config = read_adapter_config(adapter_config)
     meta = config.get("adaptrix") or {}
+    identity = model_names if isinstance(model_names, BaseIdentity) else BaseIdentity.from_ids(model_names)
     problems: list[str] = []
     warnings: list[str] = []
 
@@ -76,22 +130,12 @@ def check_compatibility(
     if peft_type != "LORA":
         problems.append(f"Adapter type {peft_type} is not supported; only LoRA adapters are.")
 
-    leaves = {name.rsplit(".", 1)[-1] for name in module_names}
+    option_issues, option_warnings = option_problems(config)
+    problems.extend(option_issues)
+    warnings.extend(option_warnings)
     targets = config.get("target_modules", meta.get("target_modules"))
-    if isinstance(targets, str):
-        if module_names and not any(re.fullmatch(targets, name) for name in module_names):
-            problems.append(f"The target_modules pattern {targets!r} matches no module of this model.")
-    else:
-        for name in _as_list(targets):
-            if name not in family.projection_modules:
-                problems.append(
-                    f"Target module {name!r} is not a projection of the {family.name} family "
-                    f"(known: {', '.join(family.projection_modules)})."
-                )
-            elif module_names and name not in leaves:
-                problems.append(f"Target module {name!r} belongs to the {family.name} family but this model has none.")
-        if not targets:
-            problems.append("The adapter names no target modules.")
+    problems.extend(_target_problems(targets, family, module_names,
+                                     list(linear_modules) if linear_modules is not None else None))
 
     layers = _as_list(config.get("layers_to_transform")) or _as_list(meta.get("target_layers"))
     bad_layers = [layer for layer in layers if not isinstance(layer, int) or not 0 <= layer < num_layers]
@@ -99,7 +143,7 @@ def check_compatibility(
         problems.append(f"Layer indices {bad_layers} are out of range: this model has layers 0..{num_layers - 1}.")
 
     rank = config.get("r", meta.get("rank"))
-    if rank is not None and (not isinstance(rank, int) or rank < 1):
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
         problems.append(f"LoRA rank must be a positive integer, got {rank!r}.")
 
     adapter_family = meta.get("family")
@@ -107,12 +151,12 @@ def check_compatibility(
         problems.append(f"The adapter was made for the {adapter_family} family; this model is {family.name}.")
 
     base = meta.get("base_model") or config.get("base_model_name_or_path")
-    ours = {normalise_model_name(name) for name in model_names if name}
-    if base:
-        if normalise_model_name(str(base)) not in ours:
-            problems.append(f"The adapter was trained on base model {base!r}; this engine serves {sorted(ours)}.")
-    else:
-        warnings.append("The adapter records no base model; it is only checked by family and shapes.")
+    base_issues, base_warnings = base_problems(base, meta.get("base_fingerprint"), identity)
+    problems.extend(base_issues)
+    warnings.extend(base_warnings)
+
+    if tensor_names is not None:
+        problems.extend(tensor_problems(tensor_names))
 
     return CompatibilityReport(
         compatible=not problems, problems=problems, warnings=warnings, family=family.name, num_layers=num_layers

@@ -6,7 +6,6 @@ import threading
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
-from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
 from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
 from adaptrix_core.engine_requests import RequestMixin
@@ -194,11 +193,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
 
     def check_adapter_compatibility(self, adapter_config: Any) -> CompatibilityReport:
         """Check an adapter config (dict, PEFT config, folder or adapter_config.json) against this model."""
-        backend = self._ready()
-        return check_compatibility(
-            adapter_config, self._family, self._description.num_layers, backend.module_names(),
-            (self._source.canonical_id, self.model_id, self._source.gguf_file or ""),
-        )
+        return self._adapter_report(adapter_config)
 
     # -- routing (see RouterService) --------------------------------------------------------------
     @property

@@ -15,10 +15,9 @@ from typing import Any, Mapping, Sequence
 
 from adaptrix_core.adapter_meta import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
 from adaptrix_core.adapter_store import AdapterManager
-from adaptrix_core.compatibility import check_compatibility
+from adaptrix_core.engine_adapter_checks import AdapterChecksMixin
 from adaptrix_core.errors import (
     AdapterError,
-    AdapterIncompatibleError,
     AdapterNotFoundError,
     InvalidGenerationParameterError,
 )
@@ -26,6 +25,10 @@ from adaptrix_core.layers import resolve_layers, resolve_targets
 from adaptrix_core.protocols import AdapterBackend
 
 ACTIVE = object()  # the ``adapter`` argument was not given: use the active adapters
+
+#: Largest absolute composition weight: beyond it a mix's update swamps the base model and sampling
+#: can overflow (inf/NaN logits). Weights may be negative (subtracting an adapter's update).
+MAX_ADAPTER_WEIGHT = 10.0
 
 
 @dataclass
@@ -53,7 +56,7 @@ def composition_name(weights: Mapping[str, float]) -> str:
     return "mix(" + ",".join(f"{name}={weight:g}" for name, weight in sorted(weights.items())) + ")"
 
 
-class AdapterServingMixin:
+class AdapterServingMixin(AdapterChecksMixin):
     """Adapter methods of the engine (see ``ModularAdaptrixEngine``)."""
 
     _loaded: "OrderedDict[str, LoadedAdapter]"
@@ -165,32 +168,14 @@ class AdapterServingMixin:
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return self._loaded[name]
-        meta, config, shapes = self.adapter_manager.validate(name)
-        self._check_fits(name, meta, config, shapes)
-        size = backend.inject_lora(name, config, self.adapter_manager.path(name) / WEIGHTS_FILE)
+        meta, config, _ = self.adapter_manager.validate(name)
+        weights = self.adapter_manager.path(name) / WEIGHTS_FILE
+        self._check_fits(name, meta, config, weights)
+        size = backend.inject_lora(name, config, weights)
         entry = LoadedAdapter(name, "stored", size, meta)
         self._loaded[name] = entry
         self._evict(keep=pinned)
         return entry
-
-    def _check_fits(self, name: str, meta: AdapterMetadata, config: dict[str, Any], shapes: dict) -> None:
-        backend = self._backend
-        report = check_compatibility({**config, "adaptrix": meta.model_dump()}, self._family,
-                                     self._description.num_layers, backend.module_names(), self._model_names())
-        problems = list(report.problems)
-        ours = backend.lora_shapes()
-        for module, (fan_in, fan_out, _) in sorted(shapes.items()):
-            if module not in ours:
-                problems.append(f"It has weights for layer {module!r}, which this model does not have.")
-            elif ours[module] != (fan_in, fan_out):
-                problems.append(f"Layer {module!r} is {ours[module][0]}->{ours[module][1]} here but {fan_in}->{fan_out} in the adapter.")
-            if len(problems) > 5:
-                break
-        if problems:
-            raise AdapterIncompatibleError(name, problems)
-
-    def _model_names(self) -> tuple[str, ...]:
-        return (self._source.canonical_id, self.model_id, self._source.gguf_file or "")
 
     def _drop(self, name: str) -> None:
         for other, entry in list(self._loaded.items()):
@@ -226,9 +211,18 @@ class AdapterServingMixin:
         if isinstance(spec, Mapping):
             weights = {}
             for name, weight in spec.items():
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                    raise InvalidGenerationParameterError(f"Adapter weight for {name!r} must be a finite number, got {weight!r}.")
+                if (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)
+                        or abs(weight) > MAX_ADAPTER_WEIGHT):
+                    raise InvalidGenerationParameterError(
+                        f"Adapter weight for {name!r} must be a finite number from -{MAX_ADAPTER_WEIGHT:g} to "
+                        f"{MAX_ADAPTER_WEIGHT:g}, got {weight!r}."
+                    )
                 weights[check_adapter_name(name)] = float(weight)
+            if weights and not any(weights.values()):
+                raise InvalidGenerationParameterError(
+                    f"Adapter weights {dict(spec)!r} are all zero: give at least one adapter a nonzero weight "
+                    "(or pass adapter=None for the base model)."
+                )
             return weights
         raise InvalidGenerationParameterError(
             f"adapter must be a name, a list of names, a {{name: weight}} dict or None, got {type(spec).__name__}."
@@ -293,6 +287,7 @@ class AdapterServingMixin:
                 "base_model_name_or_path": self._source.canonical_id,
             }
             meta = AdapterMetadata(name=name, base_model=self._source.canonical_id, family=self._family.name,
+                                   base_fingerprint=backend.fingerprint(),
                                    target_layers=indices, target_modules=targets, rank=rank, alpha=alpha)
             size = backend.inject_lora(name, config)
             self._loaded[name] = LoadedAdapter(name, "memory", size, meta)
@@ -319,6 +314,6 @@ class AdapterServingMixin:
         """Validate a stored adapter's files and its fit to this model without loading it."""
         with self._lock:
             self._ready()
-            meta, config, shapes = self.adapter_manager.validate(name)
-            self._check_fits(name, meta, config, shapes)
+            meta, config, _ = self.adapter_manager.validate(name)
+            self._check_fits(name, meta, config, self.adapter_manager.path(name) / WEIGHTS_FILE)
             return meta

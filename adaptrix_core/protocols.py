@@ -114,8 +114,19 @@ class AdapterBackend(Protocol):
     def lora_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in_features, out_features)`` of every layer an adapter may target, by module path."""
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What the loaded base model is, independent of its path or id: a JSON-able dict holding at least
+        ``format``, ``architecture``, ``num_layers``, ``hidden_size``, ``vocab_size``,
+        ``layer_shapes_sha256`` (the targetable layers' shapes) and ``weights_sha256`` (a hash over a few
+        fixed base tensors). Deterministic, cheap, and unchanged by loaded adapters. Two fingerprints
+        name the same base weights when those keys are equal; adapters record it when saved."""
+
     def inject_lora(self, name: str, config: Mapping[str, Any], weights_file: Path | None = None) -> int:
-        """Add adapter ``name`` from a PEFT config dict (fresh, or with safetensors weights); return its bytes."""
+        """Add adapter ``name`` from a PEFT config dict (fresh, or with safetensors weights); return its bytes.
+
+        Raises ``AdapterIncompatibleError`` for options or saved tensors that would change, replace or
+        extend base modules (see ``adaptrix_core.lora_options``); on any failure the model is left
+        exactly as it was."""
 
     def remove_lora(self, name: str) -> None:
         """Remove adapter ``name`` from the model."""

@@ -201,6 +201,7 @@ def _break_pickle_only(folder: Path) -> None:
 def _break_other_base(folder: Path) -> None:
     meta = json.loads((folder / "adaptrix.json").read_text())
     meta["base_model"] = "Qwen/Qwen3-0.6B"
+    meta["base_fingerprint"]["weights_sha256"] = "0" * 64  # a fingerprint that matched would identify the base
     (folder / "adaptrix.json").write_text(json.dumps(meta))
 
 

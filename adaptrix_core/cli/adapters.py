@@ -252,14 +252,38 @@ def adapters_list(opts: EngineOptions, as_json: bool) -> None:
 @click.option("--name", required=True, help="Name in the store.")
 @click.option("--description", default="", help="What the adapter does.")
 @click.option("--keywords", help="Comma-separated routing keywords.")
+@click.option("--base-model", help="Model it was trained on (hub id, name or path), when its adapter_config.json "
+                                     "names another path or id for these same weights.")
 @click.option("--overwrite", is_flag=True)
 @model_options
 @json_option
 @handle_errors
-def adapters_import(path, name, description, keywords, overwrite, opts: EngineOptions, as_json: bool) -> None:
-    """Copy a PEFT LoRA folder made elsewhere into the store (metadata derived from its config)."""
+def adapters_import(path, name, description, keywords, base_model, overwrite, opts: EngineOptions, as_json: bool) -> None:
+    """Check a PEFT LoRA folder made elsewhere against the model, then copy it into the store."""
+    from pathlib import Path
+
+    from adaptrix_core.adapter_meta import check_adapter_name
+    from adaptrix_core.adapter_store import check_peft_folder
+    from adaptrix_core.errors import AdapterExistsError, AdapterIncompatibleError
+
+    check_adapter_name(name)  # cheap checks first: loading the model takes seconds
+    check_peft_folder(Path(path))
+    store = _store(opts)
+    if store.path(name).exists() and not overwrite:
+        raise AdapterExistsError(f"Adapter {name!r} already exists in {str(store.directory)!r}; use --overwrite to replace it.")
     routing = {"keywords": [k.strip() for k in keywords.split(",")]} if keywords else None
-    meta = _store(opts).import_peft(path, name, overwrite=overwrite, description=description, routing=routing)
+    with opts.engine() as engine:
+        try:
+            meta = engine.import_adapter(path, name, base_model=base_model, overwrite=overwrite,
+                                         description=description, routing=routing)
+        except AdapterIncompatibleError as exc:
+            if any(problem.startswith("The adapter was trained on") for problem in exc.problems):
+                served = engine.get_model_info()["base_model"]
+                raise AdapterIncompatibleError(name, [*exc.problems, (
+                    "If it was trained on the very weights served here, say so with "
+                    f"--base-model {served!r} (or the path it was trained from)."
+                )]) from None
+            raise
     if as_json:
         _emit_json(meta.model_dump())
     else:

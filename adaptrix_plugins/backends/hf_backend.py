@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -67,6 +68,7 @@ class HFBackend:
         self._module_names: list[str] = []
         self.lora: PeftAdapters | None = None
         self._unmatchable_stops: set[tuple[str, ...]] = set()
+        self._fingerprint: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
@@ -120,6 +122,7 @@ class HFBackend:
         self.model = None
         self.tokenizer = None
         self.lora = None
+        self._fingerprint = None
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -141,6 +144,15 @@ class HFBackend:
     def module_names(self) -> list[str]:
         self._require_model()
         return list(self._module_names)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the loaded base model is (see ``hf_fingerprint``); computed once, unchanged by adapters."""
+        from adaptrix_plugins.backends.hf_fingerprint import model_fingerprint
+
+        self._require_model()
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.lora.shapes, self.layers_path, self._description)
+        return copy.deepcopy(self._fingerprint)
 
     # -- LoRA adapters (see hf_lora.PeftAdapters) ---------------------------------------------------
     def lora_shapes(self) -> dict[str, tuple[int, int]]:

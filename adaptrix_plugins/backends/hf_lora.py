@@ -14,10 +14,24 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from adaptrix_core.errors import AdapterError, AdapterIncompatibleError
+from adaptrix_core.errors import (
+    AdapterCorruptError,
+    AdapterError,
+    AdapterIncompatibleError,
+    AdaptrixError,
+)
+from adaptrix_core.lora_options import option_problems, tensor_problems
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 _LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}
@@ -34,11 +48,17 @@ def linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def lora_config_from_dict(config: Mapping[str, Any]) -> LoraConfig:
-    """A peft LoraConfig from an ``adapter_config.json`` dict (unknown keys from other peft versions dropped)."""
+def lora_config_from_dict(config: Mapping[str, Any], with_weights: bool = False) -> LoraConfig:
+    """A peft LoraConfig from an ``adapter_config.json`` dict (unknown keys from other peft versions dropped).
+
+    ``with_weights``: the LoRA weights come from a file, so they start as the harmless default (B = 0)
+    whatever initialisation the adapter was trained with.
+    """
     values = {k: v for k, v in config.items() if k in _LORA_FIELDS and k not in ("peft_type", "task_type")}
     values["task_type"] = "CAUSAL_LM"
     values["inference_mode"] = False
+    if with_weights:
+        values["init_lora_weights"] = True
     try:
         return LoraConfig(**values)
     except (TypeError, ValueError) as exc:
@@ -91,8 +111,16 @@ class PeftAdapters:
 
     # -- adding and removing ---------------------------------------------------------------------
     def add(self, name: str, config: Mapping[str, Any], weights_file: Path | None = None) -> int:
-        """Inject adapter ``name`` (fresh, or with weights from a safetensors file); return its bytes."""
-        lora_config = lora_config_from_dict(config)
+        """Inject adapter ``name`` (fresh, or with weights from a safetensors file); return its bytes.
+
+        Options and tensors that would change the base model are refused (``AdapterIncompatibleError``)
+        before peft sees them. On any failure, also half-way through peft's injection, every trace of
+        the adapter is removed again and the model is as it was.
+        """
+        problems, _ = option_problems(config)
+        if problems:
+            raise AdapterIncompatibleError(name, problems)
+        lora_config = lora_config_from_dict(config, with_weights=weights_file is not None)
         internal = self._new_internal(name)
         try:
             if self.peft is None:
@@ -100,40 +128,90 @@ class PeftAdapters:
                     self.peft = get_peft_model(self.base, lora_config, adapter_name=internal)
             else:
                 self.peft.add_adapter(internal, lora_config)
+            self._check_wrapped(name, internal)
             if weights_file is not None:
                 self._load_weights(name, internal, weights_file)
-        except BaseException:
-            self._forget(name)
-            raise
+        except BaseException as exc:
+            self._forget(name, internal)
+            if isinstance(exc, AdaptrixError) or not isinstance(exc, Exception):
+                raise
+            raise AdapterIncompatibleError(name, [f"peft could not add it to this model ({type(exc).__name__}: {exc})."]) from exc
         self.peft.eval()
         return self._measure(name)
 
+    def _check_wrapped(self, name: str, internal: str) -> None:
+        """LoRA may only sit on the Linear/Conv1D layers found at start-up (never embeddings or new modules)."""
+        odd = [path for path, module in self.peft.base_model.model.named_modules()
+               if isinstance(module, BaseTunerLayer) and internal in _adapters_of(module)
+               and (path not in self.shapes or internal not in getattr(module, "lora_A", {}))]
+        if odd:
+            raise AdapterIncompatibleError(name, [f"It puts adapter layers on {len(odd)} module(s) that are not "
+                                                  f"Linear layers of the base model, e.g. {odd[0]!r}."])
+
     def _load_weights(self, name: str, internal: str, weights_file: Path) -> None:
-        state = load_file(str(weights_file), device=str(self.device))
         try:
-            result = set_peft_model_state_dict(self.peft, state, adapter_name=internal)
+            state = load_file(str(weights_file), device=str(self.device))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AdapterCorruptError(f"Adapter {name!r}: {weights_file.name} cannot be read as safetensors: {exc}") from None
+        problems = tensor_problems(state)
+        if problems:
+            raise AdapterIncompatibleError(name, problems)
+
+        def plain(key: str) -> str:
+            return key.removeprefix("base_model.model.")
+
+        expected = {plain(key) for key in get_peft_model_state_dict(self.peft, adapter_name=internal, save_embedding_layers=False)}
+        found = {plain(key) for key in state}
+        extra, missing = sorted(found - expected), sorted(expected - found)
+        if extra or missing:
+            what = (f"{len(extra)} weight tensor(s) match no LoRA layer its config creates, e.g. {extra[0]!r}" if extra
+                    else f"{len(missing)} LoRA weight tensor(s) its config creates are missing, e.g. {missing[0]!r}")
+            raise AdapterIncompatibleError(name, [f"Its weights do not match its configuration: {what}."])
+        bad = sorted(key for key, tensor in state.items() if not tensor.is_floating_point() or not torch.isfinite(tensor).all())
+        if bad:
+            raise AdapterIncompatibleError(name, [f"{len(bad)} weight tensor(s) hold non-finite or non-float values, e.g. {bad[0]!r}."])
+        try:
+            set_peft_model_state_dict(self.peft, state, adapter_name=internal)
         except RuntimeError as exc:  # size mismatch
             raise AdapterIncompatibleError(name, [f"Its weights do not fit this model's layers: {exc}"]) from None
-        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        if unexpected:
-            raise AdapterIncompatibleError(name, [f"{len(unexpected)} weight tensors match no LoRA layer, e.g. {unexpected[0]!r}."])
 
     def remove(self, name: str) -> None:
         """Take adapter ``name`` out of the model; the last one removed restores the plain model."""
-        self.internal(name)
-        self._forget(name)
+        self._forget(name, self.internal(name))
 
-    def _forget(self, name: str) -> None:
-        internal = self._internal.pop(name, None)
+    def _forget(self, name: str, internal: str) -> None:
+        """Remove every trace of ``internal`` (also a half-done injection); restore the plain model when none is left."""
+        self._internal.pop(name, None)
         self._bytes.pop(name, None)
-        if self.peft is None or internal is None or internal not in self.peft.peft_config:
-            return
-        if not self._internal:
+        with _quiet_peft():
+            if self.peft is not None and internal in self.peft.peft_config:
+                if not self._internal:
+                    self._unwrap()
+                    return
+                self.peft.delete_adapter(internal)
+            for path, module in list(self.base.named_modules()):
+                if isinstance(module, BaseTunerLayer) and internal in _adapters_of(module):
+                    module.delete_adapter(internal)
+            if not self._internal:
+                self._unwrap()
+            else:
+                self._drop_empty_wrappers()
+
+    def _unwrap(self) -> None:
+        """Put every original layer back in place of its LoRA wrapper (nothing is merged)."""
+        if self.peft is not None:
             self.base = self.peft.unload()
             self.peft = None
-            return
-        with _quiet_peft():
-            self.peft.delete_adapter(internal)
+        self._drop_empty_wrappers(every=True)
+        if hasattr(self.base, "peft_config"):
+            del self.base.peft_config
+
+    def _drop_empty_wrappers(self, every: bool = False) -> None:
+        for path, module in list(self.base.named_modules()):
+            if isinstance(module, BaseTunerLayer) and (every or not _adapters_of(module)):
+                parent_path, _, child = path.rpartition(".")
+                parent = self.base.get_submodule(parent_path) if parent_path else self.base
+                setattr(parent, child, module.get_base_layer())
 
     def compose(self, name: str, weights: Mapping[str, float]) -> int:
         """A new adapter ``name`` whose update is the weighted sum of the given adapters' updates."""
@@ -142,9 +220,17 @@ class PeftAdapters:
         try:
             with _quiet_peft():
                 self.peft.add_weighted_adapter(parts, list(weights.values()), adapter_name=internal, combination_type="cat")
-        except (ValueError, TypeError) as exc:
-            self._forget(name)
-            raise AdapterError(f"Adapters {', '.join(weights)} cannot be composed: {exc}") from None
+            # "cat" puts each part's scaling into its A rows and gives the sum r = alpha; peft still
+            # applies the first part's rsLoRA rule (alpha / sqrt(r)) to it, so set the intended 1.
+            for module in self.peft.modules():
+                if isinstance(module, BaseTunerLayer) and internal in getattr(module, "scaling", {}):
+                    module.scaling[internal] = 1.0
+            self.peft.peft_config[internal].use_rslora = False
+        except BaseException as exc:
+            self._forget(name, internal)
+            if isinstance(exc, (ValueError, TypeError)):
+                raise AdapterError(f"Adapters {', '.join(weights)} cannot be composed: {exc}") from None
+            raise
         self.peft.eval()  # new dropout modules start in training mode
         return self._measure(name)
 
@@ -179,6 +265,16 @@ class PeftAdapters:
             yield self.peft, {}
             return
         yield self.peft, {"adapter_names": [BASE if a is None else self.internal(a) for a in wanted]}
+
+
+def _adapters_of(layer: BaseTunerLayer) -> set[str]:
+    """Names of the adapters a peft layer holds anything for."""
+    names: set[str] = set()
+    for attribute in layer.adapter_layer_names + layer.other_param_names:
+        container = getattr(layer, attribute, None)
+        if isinstance(container, (dict, torch.nn.ModuleDict, torch.nn.ParameterDict)):
+            names.update(container.keys())
+    return names
 
 
 @contextlib.contextmanager
