@@ -19,14 +19,14 @@ _LAZY = {
     "ModularAdaptrixEngine": "adaptrix_core.engine",
     "AdaptrixConfig": "adaptrix_core.config",
     "load_config": "adaptrix_core.config",
-    "ModelFamily": "adaptrix_core.families",
+    "ModelFamily": "adaptrix_core.models.families",
     "QueryResult": "adaptrix_core.types",
 }
 
 if TYPE_CHECKING:
     from adaptrix_core.config import AdaptrixConfig, load_config
     from adaptrix_core.engine import ModularAdaptrixEngine
-    from adaptrix_core.families import ModelFamily
+    from adaptrix_core.models.families import ModelFamily
     from adaptrix_core.types import QueryResult
 
 

@@ -1,64 +1,72 @@
-"""``ModularAdaptrixEngine``: one loaded base model, assembled from the plugins the config names."""
+"""``ModularAdaptrixEngine``: the thin facade over one loaded base model and the services around it.
+
+The engine owns the configuration, the lock, the loaded backend (``LoadedModel``) and the
+conversation memory, and delegates every call to a composed service with a declared interface:
+
+* ``adapters`` (``AdapterPool``): the adapter store, loading, LRU, activation, composition;
+* ``routing`` (``RouterService``): router plugins for ``adapter="auto"`` (no LLM needed);
+* ``documents`` (``DocumentIndex``): the RAG document index (no LLM needed);
+* ``prompts`` (``PromptBuilder``) and ``generator`` (``Generator``): templates, sampling, answers;
+* ``requests`` (``RequestPlanner``): the seam the server's scheduler uses;
+* ``trainer`` (``Trainer``): training and evaluating adapters.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
+from adaptrix_core.adapters.pool import AdapterPool
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.config import AdaptrixConfig, load_config
-from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
-from adaptrix_core.engine_requests import RequestMixin
+from adaptrix_core.errors import BackendNotFoundError, ConfigError, EngineClosedError, InvalidGenerationParameterError, PluginError
+from adaptrix_core.generation.prompts import PromptBuilder
+from adaptrix_core.generation.requests import RequestPlanner
+from adaptrix_core.generation.service import Generator
+from adaptrix_core.models.families import ModelFamily, detect_family
+from adaptrix_core.models.loaded import LoadedModel
+from adaptrix_core.models.source import resolve_model
+from adaptrix_core.protocols import BaseModelInterface, RoutingDecision
 from adaptrix_core.rag.service import DocumentIndex
-from adaptrix_core.engine_training import TrainingMixin
-from adaptrix_core.errors import (
-    BackendNotFoundError,
-    ConfigError,
-    EngineClosedError,
-    InvalidGenerationParameterError,
-    InvalidPromptError,
-    PluginError,
-)
-from adaptrix_core.families import ModelFamily, detect_family
-from adaptrix_core.generation import (
-    check_generation_keys,
-    check_messages,
-    check_prompt,
-    fold_system_into_user,
-    plain_transcript,
-    resolve_sampling,
-    stream_until_stop,
-    trim_at_stop,
-    with_system_prompt,
-)
-from adaptrix_core.model_source import ModelSource, resolve_model
-from adaptrix_core.protocols import BaseModelInterface
 from adaptrix_core.registry import Registry, collect
 from adaptrix_core.routing.service import RouterService
-from adaptrix_core.types import CompatibilityReport, ModelDescription, QueryResult, SamplingParams
+from adaptrix_core.training.trainer import Trainer
+from adaptrix_core.types import CompatibilityReport, QueryResult
 
 
-class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
+def _delegate(service: str, cls: type, method: str | None = None):
+    """An engine method that calls ``self.<service>.<method>`` (same name by default), with its docs."""
+
+    def build(function):
+        target = getattr(cls, method or function.__name__)
+
+        @functools.wraps(target)
+        def call(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(getattr(self, service), method or function.__name__)(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = function.__name__
+        return call
+
+    return build
+
+
+class ModularAdaptrixEngine:
     """Serve one causal LM through a backend plugin, with the model family's defaults.
 
     ``model_id``, ``device``, ``adapters_dir`` and ``backend`` override the same fields of ``config``
     (an ``AdaptrixConfig``, a nested dict, or a YAML path); left as None they keep the configured
     values, whose defaults are the embedded model, ``"auto"``, ``"adapters"`` and ``"hf"``. ``router``
-    names the router used by ``adapter="auto"`` (keyword, semantic, classifier, hybrid). Nothing is
-    loaded until ``initialize()`` or the first generation call.
+    names the router used by ``adapter="auto"`` (keyword, semantic, classifier, hybrid, or a
+    plugin's). Nothing is loaded until ``initialize()`` or the first call that needs the model.
     """
 
-    def __init__(
-        self,
-        model_id: str | None = None,
-        device: str | None = None,
-        adapters_dir: str | None = None,
-        backend: str | None = None,
-        config: AdaptrixConfig | Mapping[str, Any] | str | None = None,
-        router: str | None = None,
-    ) -> None:
+    def __init__(self, model_id: str | None = None, device: str | None = None, adapters_dir: str | None = None,
+                 backend: str | None = None, config: AdaptrixConfig | Mapping[str, Any] | str | None = None,
+                 router: str | None = None) -> None:
         overrides = {"model": {"model_id": model_id, "device": device, "backend": backend},
-                     "adapters": {"directory": adapters_dir}}
+                     "adapters": {"directory": adapters_dir}, "router": {"name": router}}
         if isinstance(config, AdaptrixConfig):
             self.config = load_config(data=config.model_dump(), overrides=overrides, environ={})
         elif isinstance(config, Mapping):
@@ -71,64 +79,71 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
         self.use_context_by_default = False
         self._history: list[dict[str, str]] = []
         self._lock = threading.RLock()
-        self._backend: BaseModelInterface | None = None
-        self._family: ModelFamily | None = None
-        self._description: ModelDescription | None = None
-        self._source: ModelSource | None = None
+        self._loaded: LoadedModel | None = None
         self._registry: Registry | None = None
         self._closed = False
-        if router is not None:
-            self.config = self.config.model_copy(update={"router": self.config.router.model_copy(update={"name": router})})
-        self._init_adapters()
-        self.routing = RouterService(self.config.router, self.adapter_manager, self._plugin_registry,
-                                     self._load_embedder, self.config.plugins)
-        self.documents = DocumentIndex(self.config.rag, self._load_embedder, self.config.router.embedding_model,
+        config = self.config
+        self.adapter_manager = AdapterManager(config.adapters.directory)
+        self.routing = RouterService(config.router, self.adapter_manager, self._plugin_registry, self._load_embedder,
+                                     config.plugins)
+        self.documents = DocumentIndex(config.rag, self._load_embedder, config.router.embedding_model, self._lock)
+        self.prompts = PromptBuilder(config.model, config.generation, self._model)
+        self.adapters = AdapterPool(config.adapters, self.adapter_manager, self._model, self._lock, self._route_auto,
+                                    busy=lambda: self.requests.busy_adapters())
+        self.generator = Generator(self.prompts, self.adapters, self.documents, self._model, self._lock)
+        self.requests = RequestPlanner(self.prompts, self.adapters, self.documents, self._model, self.generator.result,
                                        self._lock)
-        self._init_requests()
+        self.trainer = Trainer(self.adapters, self.prompts, self._model, self._lock)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def initialize(self) -> "ModularAdaptrixEngine":
+    def initialize(self) -> ModularAdaptrixEngine:
         """Load plugins, the backend and the model; detect the family. Calling it again does nothing."""
         with self._lock:
             if self._closed:
                 raise EngineClosedError("This engine was cleaned up; create a new ModularAdaptrixEngine.")
-            if self._backend is not None:
+            if self._loaded is not None:
                 return self
             registry = self._plugin_registry()
             name = self.config.model.backend
-            if name not in registry.backends:
+            try:
+                factory = registry.factory("backends", name)
+            except KeyError:
                 raise BackendNotFoundError(
                     f"Backend {name!r} is not registered. Registered backends: "
                     f"{', '.join(sorted(registry.backends)) or 'none (check ADAPTRIX_LOAD_PLUGINS)'}."
-                )
+                ) from None
             source = resolve_model(self.model_id)
-            backend = registry.backends[name]()
+            backend = factory()
             if not isinstance(backend, BaseModelInterface):
                 raise PluginError(f"Backend {name!r} does not implement BaseModelInterface.")
+            if hasattr(backend, "configure"):  # a backend plugin's own settings (plugins.<name>)
+                backend.configure(self.config.plugins.get(name, {}))
             description = backend.load(source, self.config.model, self.config.resolved_cache_dir())
-            family = detect_family(
-                registry.families, description.model_type, description.architectures,
-                source.canonical_id, forced=self.config.model.family,
-            )
+            family = detect_family(registry.families, description.model_type, description.architectures,
+                                   source.canonical_id, forced=self.config.model.family)
             backend.bind_family(family)
-            self._registry, self._source, self._description, self._family = registry, source, description, family
-            self._backend = backend
+            self._loaded = LoadedModel(backend, family, description, source, self.model_id)
             return self
 
     def cleanup(self) -> None:
         """Free the model; the engine cannot be used afterwards."""
         with self._lock:
-            if self._backend is not None:
-                self._backend.close()
-            self._backend = None
+            if self._loaded is not None:
+                self._loaded.backend.close()
+            self._loaded = None
             self._closed = True
             self._history.clear()
 
-    def __enter__(self) -> "ModularAdaptrixEngine":
+    def __enter__(self) -> ModularAdaptrixEngine:
         return self.initialize()
 
     def __exit__(self, *exc_info: Any) -> None:
         self.cleanup()
+
+    def _model(self) -> LoadedModel:
+        if self._loaded is None:
+            self.initialize()
+        return self._loaded
 
     def _plugin_registry(self) -> Registry:
         if self._registry is None:
@@ -140,136 +155,59 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
 
         return get_embedder(self.config.router.embedding_model)
 
-    def _ready(self) -> BaseModelInterface:
-        if self._backend is None:
-            self.initialize()
-        return self._backend
+    def _route_auto(self, prompt: str) -> RoutingDecision:
+        if not self.routing.settings.name:
+            raise InvalidGenerationParameterError(
+                f"adapter='auto' needs a router: create the engine with router= one of "
+                f"{', '.join(self.routing.registered()) or 'the registered routers'} (or set router.name in the config).")
+        return self.routing.route(prompt)
 
     # -- facts ---------------------------------------------------------------------------------
     @property
+    def lock(self) -> Any:
+        """The engine's re-entrant lock: hold it around one model step so other calls interleave."""
+        return self._lock
+
+    @property
     def backend(self) -> BaseModelInterface:
         """The loaded backend plugin object (loads the model if needed); for benchmarks and plugins."""
-        return self._ready()
+        return self._model().backend
 
     @property
     def family(self) -> ModelFamily:
         """The model family in use (loads the model if needed)."""
-        self._ready()
-        return self._family
+        return self._model().family
 
     @property
     def max_context(self) -> int:
         """Context window in tokens: the configured override, else min(model config, family default)."""
-        self._ready()
-        if self.config.model.max_context:
-            return self.config.model.max_context
-        limits = [self._family.generation.max_context, self._description.max_position_embeddings]
-        return min(int(limit) for limit in limits if limit)
+        return self.prompts.max_context
+
+    @property
+    def embedder(self) -> Any:
+        """The shared sentence-embedding model (loaded on first use; RAG and routers use the same one)."""
+        return self._load_embedder()
 
     def get_model_info(self) -> dict[str, Any]:
         """Model id, family, architecture, depth, width, vocabulary, context, dtype, device, backend."""
-        backend = self._ready()
-        d = self._description
+        loaded = self._model()
+        d, source, backend = loaded.description, loaded.source, loaded.backend
         return {
-            "model_id": self.model_id,
-            "source": str(self._source.path / (self._source.gguf_file or "")),
-            "base_model": self._source.canonical_id,
-            "family": self._family.name,
-            "architecture": d.architectures[0] if d.architectures else None,
-            "model_type": d.model_type,
-            "num_layers": d.num_layers,
-            "hidden_size": d.hidden_size,
-            "vocab_size": d.vocab_size,
-            "max_context": self.max_context,
-            "num_parameters": d.num_parameters,
-            "dtype": d.dtype,
-            "device": d.device,
-            "backend": backend.name,
-            "chat_template": self._uses_chat_template(),
-            "middle_layers": self._family.middle_layers(d.num_layers),
-            "layers_path": getattr(backend, "layers_path", None),
-            **d.extra,
+            "model_id": self.model_id, "source": str(source.path / (source.gguf_file or "")),
+            "base_model": source.canonical_id, "family": loaded.family.name,
+            "architecture": d.architectures[0] if d.architectures else None, "model_type": d.model_type,
+            "num_layers": d.num_layers, "hidden_size": d.hidden_size, "vocab_size": d.vocab_size,
+            "max_context": self.max_context, "num_parameters": d.num_parameters, "dtype": d.dtype,
+            "device": d.device, "backend": backend.name, "capabilities": sorted(backend.capabilities),
+            "chat_template": self.prompts.uses_chat_template(), "middle_layers": loaded.family.middle_layers(d.num_layers),
+            "layers_path": backend.layers_path, **d.extra,
         }
 
     def check_adapter_compatibility(self, adapter_config: Any) -> CompatibilityReport:
         """Check an adapter config (dict, PEFT config, folder or adapter_config.json) against this model."""
-        return self._adapter_report(adapter_config)
+        return self.adapters.checker.report(adapter_config)
 
-    # -- routing (see RouterService) --------------------------------------------------------------
-    @property
-    def embedder(self):
-        """The shared sentence-embedding model (loaded on first use; RAG and routers use the same one)."""
-        return self._load_embedder()
-
-    def get_router(self, name: str | None = None):
-        """The router plugin ``name`` (default: the configured one), built once per engine."""
-        return self.routing.get_router(name)
-
-    def routing_candidates(self):
-        """Cards of every valid adapter in the store (refreshed when an adapter's metadata changes)."""
-        return self.routing.candidates()
-
-    def route(self, prompt: str, router: str | None = None):
-        """Which adapter(s) ``router`` picks for ``prompt``, with every candidate's score."""
-        return self.routing.route(prompt, router)
-
-    def fit_router(self, router: str | None = None, data: Any = None) -> dict[str, Any]:
-        """Train the classifier / calibrate semantic thresholds (see ``RouterService.fit``)."""
-        return self.routing.fit(router, data)
-
-    def evaluate_router(self, data: Any, router: str | None = None) -> dict[str, Any]:
-        """Accuracy, macro-F1, confusion matrix and latency of a router on labelled prompts."""
-        return self.routing.evaluate(data, router)
-
-    # -- the document index (see DocumentIndex) -----------------------------------------------------
-    def add_documents(self, paths_or_texts: Any, progress: Any = None):
-        """Add files, folders and texts to the document index in one atomic commit (``DocumentIndex``)."""
-        return self.documents.add_documents(paths_or_texts, progress)
-
-    def remove_document(self, doc_id: str) -> dict[str, Any]:
-        """Remove a document (by id, or by the path it was added from); returns its listing."""
-        return self.documents.remove_document(doc_id)
-
-    def list_documents(self) -> list[dict[str, Any]]:
-        """Every indexed document: id, source, kind, chunks, pages, chars, content_hash, added_at."""
-        return self.documents.list_documents()
-
-    def index_stats(self) -> dict[str, Any]:
-        """Documents, chunks, generation, FAISS layout, dimension, file sizes and chunking settings."""
-        return self.documents.index_stats()
-
-    def retrieve(self, query: str, top_k: int | None = None, min_score: float | None = None) -> list[dict[str, Any]]:
-        """The ``top_k`` passages most similar to ``query`` scoring at least ``min_score``, best first."""
-        return self.documents.retrieve(query, top_k, min_score)
-
-    # -- prompts -------------------------------------------------------------------------------
-    def _uses_chat_template(self) -> bool:
-        setting = self.config.model.use_chat_template
-        return self._description.has_chat_template if setting is None else setting
-
-    def _render(self, messages: list[dict[str, str]], gen: Mapping[str, Any]) -> tuple[str, bool]:
-        messages = with_system_prompt(messages, self.config.model.system_prompt)
-        if not self._uses_chat_template():
-            return plain_transcript(messages), False
-        if not self._family.chat.system_role:
-            messages = fold_system_into_user(messages)
-        template_kwargs = {}
-        if self._family.chat.thinking_switch:
-            thinking = gen.get("enable_thinking")
-            template_kwargs["enable_thinking"] = self.config.model.enable_thinking if thinking is None else bool(thinking)
-        return self._backend.render_chat(messages, template_kwargs), True
-
-    def _sampling(self, gen: Mapping[str, Any], extra_keys: tuple[str, ...] = ("adapter",)) -> SamplingParams:
-        check_generation_keys(gen, extra_keys)
-        return resolve_sampling(gen, self._family, self.config.generation, self.max_context)
-
-    def _conversation(self, prompt: str, use_context: bool) -> list[dict[str, str]]:
-        history = self._history if use_context else []
-        return [*history, {"role": "user", "content": check_prompt(prompt)}]
-
-    def _remember(self, prompt: str, answer: str) -> None:
-        self._history.extend([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
-
+    # -- conversation memory ---------------------------------------------------------------------
     def reset_context(self) -> None:
         """Forget the conversation kept for ``use_context_by_default``."""
         with self._lock:
@@ -280,29 +218,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
         """A copy of the remembered conversation."""
         return [dict(m) for m in self._history]
 
-    # -- generation ------------------------------------------------------------------------------
-    def _complete(self, messages: list[dict[str, str]], gen: Mapping[str, Any], route_on: str | None = None) -> QueryResult:
-        started = time.perf_counter()
-        backend = self._ready()
-        params = self._sampling(gen)
-        choice = self._choose(gen.get("adapter", ACTIVE), prompt=route_on or messages[-1]["content"])
-        prompt, templated = self._render(messages, gen)
-        completion = backend.generate([prompt], params, templated=templated, adapters=[choice.target])[0]
-        text, stopped = trim_at_stop(completion.text, params.stop)
-        return self._result(text, completion.prompt_tokens, completion.completion_tokens,
-                            "stop" if stopped else completion.finish_reason, params, started, choice)
-
-    def _result(self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                params: SamplingParams, started: float, choice: AdapterChoice) -> QueryResult:
-        return QueryResult(
-            text=text, model_id=self.model_id, family=self._family.name, backend=self._backend.name,
-            adapters=list(choice.weights), adapter_weights=dict(choice.weights), routing=choice.routing,
-            latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, finish_reason=finish_reason,
-            generation={"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
-                        "top_p": params.top_p, "seed": params.seed, "stop": list(params.stop)},
-        )
-
+    # -- generation (see Generator) --------------------------------------------------------------
     def query(self, prompt: str, use_rag: bool = False, top_k: int | None = None, min_score: float | None = None,
               **gen: Any) -> QueryResult:
         """Answer ``prompt`` and say how: text, tokens, latency, family, adapters, routing, sources.
@@ -313,17 +229,10 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
         """
         with self._lock:
             use_context = self.use_context_by_default
-            conversation = self._conversation(prompt, use_context)
-            sources: list[dict[str, Any]] = []
-            if use_rag:
-                self._ready()  # the sampling check needs the model's family and context window
-                self._sampling(gen)  # reject bad arguments before retrieving
-                rag_messages, sources = self.documents.rag_messages(prompt, top_k, min_score)
-                conversation = [*conversation[:-1], *rag_messages]
-            result = self._complete(conversation, gen, route_on=prompt)
-            result.sources = sources
+            history = list(self._history) if use_context else []
+            result = self.generator.query(prompt, history, use_rag, top_k, min_score, **gen)
             if use_context:
-                self._remember(prompt, result.text)
+                self._history.extend([{"role": "user", "content": prompt}, {"role": "assistant", "content": result.text}])
             return result
 
     def generate(self, prompt: str, **gen: Any) -> str:
@@ -332,9 +241,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
 
     def chat(self, messages: Sequence[Mapping[str, str]], **gen: Any) -> str:
         """Answer the last user turn of OpenAI-style ``messages`` (engine memory is not used)."""
-        with self._lock:
-            result = self._complete(check_messages(messages), gen)
-            return result.text
+        return self.generator.chat(messages, **gen).text
 
     def generate_batch(self, prompts: Sequence[str], adapters: Sequence[Any] | None = None, **gen: Any) -> list[str]:
         """Answer several independent prompts in one left-padded batch.
@@ -342,26 +249,7 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
         ``adapters`` gives each prompt its own adapter (a name, a ``{name: weight}`` mix or None for
         the base model); without it every prompt uses ``gen["adapter"]`` or the active adapters.
         """
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
-            raise InvalidPromptError("generate_batch() takes a non-empty list of prompt strings.")
-        if adapters is not None and (isinstance(adapters, (str, Mapping)) or len(adapters) != len(prompts)):
-            raise InvalidGenerationParameterError(
-                f"adapters must be a list with one entry per prompt ({len(prompts)}), got {adapters!r}."
-            )
-        with self._lock:
-            backend = self._ready()
-            params = self._sampling(gen)
-            specs = list(adapters) if adapters is not None else [gen.get("adapter", ACTIVE)] * len(prompts)
-            specs = [self._resolve_auto(spec, prompt)[0] for prompt, spec in zip(prompts, specs)]
-            pinned: list[str] = []
-            for spec in specs:
-                pinned.extend(self._parse_adapter(spec))
-            targets = [self._choose(spec, pinned=pinned).target for spec in specs]
-            rendered = [self._render(self._conversation(p, False), gen) for p in prompts]
-            templated = rendered[0][1]
-            completions = backend.generate([text for text, _ in rendered], params, templated=templated, adapters=targets)
-            self._evict(keep=())
-            return [trim_at_stop(c.text, params.stop)[0] for c in completions]
+        return self.generator.batch(prompts, adapters, **gen)
 
     def stream(self, prompt: str, **gen: Any) -> Iterator[str]:
         """Yield the answer to ``prompt`` piece by piece as it is generated.
@@ -370,21 +258,108 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RequestMixin):
         (``contextlib.closing``) so that other calls can run.
         """
         with self._lock:
-            backend = self._ready()
-            params = self._sampling(gen)
-            choice = self._choose(gen.get("adapter", ACTIVE), prompt=prompt)
             use_context = self.use_context_by_default
-            rendered, templated = self._render(self._conversation(prompt, use_context), gen)
-            pieces = backend.stream(rendered, params, templated=templated, adapter=choice.target)
-        return self._stream_and_remember(pieces, params, prompt, use_context)
+            history = list(self._history) if use_context else []
+            pieces, lock = self.generator.stream(prompt, history, **gen)
+        return self._stream_and_remember(pieces, lock, prompt, use_context)
 
-    def _stream_and_remember(self, pieces: Iterator[str], params: SamplingParams, prompt: str,
-                             use_context: bool) -> Iterator[str]:
-        with self._lock:
+    def _stream_and_remember(self, pieces: Iterator[str], lock: Any, prompt: str, use_context: bool) -> Iterator[str]:
+        with lock:
             parts = []
-            for piece in stream_until_stop(pieces, params.stop):
+            for piece in pieces:
                 parts.append(piece)
                 yield piece
             if use_context:
-                self._remember(prompt, "".join(parts))
+                self._history.extend([{"role": "user", "content": prompt}, {"role": "assistant", "content": "".join(parts)}])
 
+    # -- adapters (see AdapterPool) ----------------------------------------------------------------
+    @_delegate("adapters", AdapterPool)
+    def list_adapters(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def active_adapters(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def loaded_adapters(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def load_adapter(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def preload(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def unload_adapter(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def switch_adapter(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def memory_report(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def create_adapter(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def save_adapter(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def check_stored_adapter(self): ...
+
+    @_delegate("adapters", AdapterPool)
+    def import_adapter(self): ...
+
+    # -- routing (see RouterService) ---------------------------------------------------------------
+    @_delegate("routing", RouterService)
+    def get_router(self): ...
+
+    @_delegate("routing", RouterService, "candidates")
+    def routing_candidates(self): ...
+
+    @_delegate("routing", RouterService)
+    def route(self): ...
+
+    @_delegate("routing", RouterService, "fit")
+    def fit_router(self): ...
+
+    @_delegate("routing", RouterService, "evaluate")
+    def evaluate_router(self): ...
+
+    # -- the document index (see DocumentIndex) -----------------------------------------------------
+    @_delegate("documents", DocumentIndex)
+    def add_documents(self): ...
+
+    @_delegate("documents", DocumentIndex)
+    def remove_document(self): ...
+
+    @_delegate("documents", DocumentIndex)
+    def list_documents(self): ...
+
+    @_delegate("documents", DocumentIndex)
+    def index_stats(self): ...
+
+    @_delegate("documents", DocumentIndex)
+    def retrieve(self): ...
+
+    # -- training (see Trainer) -------------------------------------------------------------------
+    @_delegate("trainer", Trainer)
+    def train_adapter(self): ...
+
+    @_delegate("trainer", Trainer)
+    def evaluate(self): ...
+
+    # -- the scheduler's seam (see RequestPlanner) ---------------------------------------------------
+    @_delegate("requests", RequestPlanner)
+    def prepare_request(self): ...
+
+    @_delegate("requests", RequestPlanner)
+    def finish_request(self): ...
+
+    @_delegate("requests", RequestPlanner)
+    def release_request(self): ...
+
+    @_delegate("requests", RequestPlanner)
+    def adapter_available(self): ...
+
+    @_delegate("requests", RequestPlanner)
+    def busy_adapters(self): ...

@@ -111,6 +111,17 @@ class AdapterConfigError(AdapterCorruptError):
     """An adapter's ``adapter_config.json`` holds a value of the wrong type or shape, or a setting Adaptrix refuses."""
 
 
+class AdapterUnsupportedError(AdapterConfigError, AdapterIncompatibleError):
+    """An adapter asks for a LoRA option Adaptrix refuses: one that would change the shared base model
+    (layer replication, modules to save, trainable tokens, base-rewriting initialisations) or a LoRA
+    variant it does not serve. Both a config error (the file names it) and an incompatibility."""
+
+    def __init__(self, message: str, name: str = "", problems: list[str] | None = None):
+        self.name = name
+        self.problems = problems or [message]
+        AdapterError.__init__(self, message)
+
+
 class AdapterMetadataError(AdapterError):
     """Adapter metadata (``adaptrix.json`` fields, or metadata passed to save/import) has a value of the wrong type."""
 

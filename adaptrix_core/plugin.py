@@ -18,9 +18,9 @@ from adaptrix_core.errors import (
     ModelLoadError,
     PluginError,
 )
-from adaptrix_core.families import ChatQuirks, GenerationDefaults, ModelFamily
+from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 from adaptrix_core.hookspecs import hookimpl
-from adaptrix_core.model_source import ModelSource
+from adaptrix_core.models.source import ModelSource
 from adaptrix_core.protocols import AdapterBackend, BaseModelInterface, Capability, Router, RoutingDecision
 from adaptrix_core.routing.selection import AdapterCard, RouterResources, default_thresholds, select
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Protocol, Se
 
 if TYPE_CHECKING:
     from adaptrix_core.config import ModelSettings
-    from adaptrix_core.families import ModelFamily
-    from adaptrix_core.model_source import ModelSource
+    from adaptrix_core.models.families import ModelFamily
+    from adaptrix_core.models.source import ModelSource
     from adaptrix_core.types import Completion, ModelDescription, SamplingParams
 
 
@@ -125,7 +125,7 @@ class AdapterBackend(Protocol):
         """Add adapter ``name`` from a PEFT config dict (fresh, or with safetensors weights); return its bytes.
 
         Raises ``AdapterIncompatibleError`` for options or saved tensors that would change, replace or
-        extend base modules (see ``adaptrix_core.lora_options``); on any failure the model is left
+        extend base modules (see ``adaptrix_core.adapters.lora_options``); on any failure the model is left
         exactly as it was."""
 
     def remove_lora(self, name: str) -> None:

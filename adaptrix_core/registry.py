@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pluggy
 
 from adaptrix_core.errors import PluginError
-from adaptrix_core.families import ModelFamily
+from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.plugins import get_plugin_manager, is_builtin_plugin, load_failures
 
 KINDS = ("families", "backends", "routers")

@@ -64,7 +64,7 @@ def randomise_b(engine: Any, name: str, seed: int) -> None:
 
 def prepare_store(args: argparse.Namespace, store: Path, engine_factory: Callable[[], Any]) -> tuple[Any, list[str], dict[str, str]]:
     """Fill the scratch store; return (engine, the 4 adapter names, how each adapter was made)."""
-    from adaptrix_core.adapter_store import AdapterManager
+    from adaptrix_core.adapters.store import AdapterManager
 
     names = list(args.adapters)
     provenance: dict[str, str] = {}

@@ -28,7 +28,7 @@ from tiny_models import build_tiny_model  # noqa: E402
 
 import adaptrix_core  # noqa: E402
 from adaptrix_core import ModularAdaptrixEngine  # noqa: E402
-from adaptrix_core.adapter_store import AdapterManager  # noqa: E402
+from adaptrix_core.adapters.store import AdapterManager  # noqa: E402
 from adaptrix_core.errors import AdapterIncompatibleError, InvalidGenerationParameterError  # noqa: E402
 
 GPU = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script

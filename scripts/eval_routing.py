@@ -47,7 +47,7 @@ def answer(engine, rows, adapters, cache: dict, batch_size: int = 16) -> list[st
 
 
 def score(rows, predictions) -> dict:
-    from adaptrix_core.metrics import metric_for
+    from adaptrix_core.training.metrics import metric_for
 
     per_task = {}
     for task in TASKS:

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapter_meta import NAME_PATTERN, AdapterMetadata
-from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.adapters.metadata import NAME_PATTERN, AdapterMetadata
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.errors import AdapterError, AdaptrixError, InvalidAdapterNameError
 
 FUZZ = settings(max_examples=60, deadline=None, database=None,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from peft_helpers import GREEDY, make_peft_adapter, other_weights_model
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.base_identity import BaseIdentity, base_problems, is_path
+from adaptrix_core.adapters.base_identity import BaseIdentity, base_problems, is_path
 from adaptrix_core.cli import cli
 from adaptrix_core.errors import (
     AdapterError,

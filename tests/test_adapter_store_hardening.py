@@ -27,8 +27,8 @@ from adapter_helpers import (
 from click.testing import CliRunner
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapter_meta import AdapterMetadata
-from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.adapters.metadata import AdapterMetadata
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.cli import cli
 from adaptrix_core.errors import (
     AdapterConfigError,
@@ -189,7 +189,7 @@ def test_export_overwrites_only_an_adapter_folder_and_swaps_atomically(store, tm
 
 
 def test_failed_export_leaves_the_old_destination_as_it_was(store, tmp_path, monkeypatch):
-    import adaptrix_core.adapter_export as export_module
+    import adaptrix_core.adapters.export as export_module
 
     manager = AdapterManager(store)
     out = tmp_path / "exported"
@@ -332,7 +332,7 @@ def test_headers_written_by_safetensors_pass(seed, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from adaptrix_core.safetensors_header import read_safetensors_header
+    from adaptrix_core.adapters.safetensors_header import read_safetensors_header
 
     tensors = {"z": torch.zeros(0, 3), "a": torch.ones(3, 2, dtype=torch.bfloat16), "b": torch.ones(5, dtype=torch.int64),
                "c": torch.ones(2, 2, dtype=torch.float16), "d": torch.ones(1, dtype=torch.bool), "e": torch.ones(4, dtype=torch.uint8)}
@@ -533,7 +533,7 @@ def test_permission_errors_are_listed_not_raised(seed, tmp_path):
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: permissions cannot be made to apply")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    script = ("import json, sys; from adaptrix_core.adapter_store import AdapterManager\n"
+    script = ("import json, sys; from adaptrix_core.adapters.store import AdapterManager\n"
               "print(json.dumps({r.name: r.problem for r in AdapterManager(sys.argv[1]).list()}))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     try:

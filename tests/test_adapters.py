@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.errors import (
     AdapterCorruptError,
     AdapterError,
@@ -23,8 +23,8 @@ from adaptrix_core.errors import (
     InvalidGenerationParameterError,
     TrainingDataError,
 )
-from adaptrix_core.families import ModelFamily
-from adaptrix_core.layers import resolve_layers
+from adaptrix_core.models.families import ModelFamily
+from adaptrix_core.models.layers import resolve_layers
 from tiny_models import KINDS
 
 GREEDY = {"temperature": 0, "max_new_tokens": 6}
@@ -241,7 +241,7 @@ def test_adapter_of_other_shapes_is_rejected(trained, store, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from adaptrix_core.adapter_meta import sha256_of
+    from adaptrix_core.adapters.metadata import sha256_of
 
     # Export refuses destinations inside the store, so the doctored copy is put there by hand.
     folder = shutil.copytree(AdapterManager(store).export("yes", tmp_path / "exported"), store / "wide")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapter_store import AdapterManager
-from adaptrix_core.metrics import json_match
+from adaptrix_core.adapters.store import AdapterManager
+from adaptrix_core.training.metrics import json_match
 
 pytestmark = pytest.mark.slow
 

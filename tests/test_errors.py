@@ -8,7 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from adaptrix_core import ModularAdaptrixEngine, model_source
+from adaptrix_core import ModularAdaptrixEngine
+from adaptrix_core.models import source as model_source
 from adaptrix_core.cli import cli
 from adaptrix_core.errors import (
     AdaptrixError,

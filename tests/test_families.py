@@ -260,10 +260,10 @@ def test_qwen3_thinking_is_off_by_default_and_switchable(engines, kind, tiny_mod
 def test_qwen3_rendered_prompt_ends_with_an_empty_think_block(engines):
     engine = engines("qwen3")
     messages = [{"role": "user", "content": "Hi"}]
-    # The only test that looks at the rendered prompt (engine._render is internal): it pins the
+    # The only test that looks at the rendered prompt (engine.prompts renders it): it pins the
     # exact text the thinking switch produces, which the token counts above only imply.
-    assert engine._render(messages, {})[0].endswith("<|im_start|>assistant\n" + EMPTY_THINK)
-    assert engine._render(messages, {"enable_thinking": True})[0].endswith("<|im_start|>assistant\n")
+    assert engine.prompts.render(messages, {})[0].endswith("<|im_start|>assistant\n" + EMPTY_THINK)
+    assert engine.prompts.render(messages, {"enable_thinking": True})[0].endswith("<|im_start|>assistant\n")
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama", "gemma", "phi3", "gpt2"])

@@ -113,6 +113,17 @@ FIRST_CALLS: dict[str, Callable[[ModularAdaptrixEngine], None]] = {
     "remove_document": expect(DocumentNotFoundError, lambda e: e.remove_document("missing")),
     "index_stats": returns(dict, lambda e: e.index_stats(), lambda stats: stats["documents"] == 0),
     "use_context_by_default": returns(bool, lambda e: e.use_context_by_default, lambda flag: flag is False),
+    # adapters made elsewhere, the store object, the scheduler's seam
+    "import_adapter": expect(AdapterNotFoundError, lambda e: e.import_adapter("/no/such/peft/folder", "elsewhere")),
+    "adapter_manager": returns(object, lambda e: e.adapter_manager.names(), lambda names: names == []),
+    "lock": returns(object, lambda e: e.lock, lambda lock: lock.acquire(blocking=False) and (lock.release() or True)),
+    "prepare_request": returns(object, lambda e: e.prepare_request(prompt="Hello", **SHORT),
+                               lambda prepared: prepared.choice.target is None),
+    "finish_request": returns(QueryResult, lambda e: e.finish_request(e.prepare_request(prompt="Hi", **SHORT), "x", 3, 1,
+                                                                      "stop"), lambda r: r.text == "x"),
+    "release_request": returns(type(None), lambda e: e.release_request(e.prepare_request(prompt="Hi", **SHORT))),
+    "adapter_available": returns(bool, lambda e: e.adapter_available(None), lambda available: available),
+    "busy_adapters": returns(set, lambda e: e.busy_adapters(), lambda busy: busy == set()),
 }
 
 
@@ -124,7 +135,7 @@ def fresh_engine(tiny_model_dir, tmp_path) -> ModularAdaptrixEngine:
 
 @pytest.mark.parametrize("case", list(FIRST_CALLS))
 def test_first_call_on_a_fresh_engine(case, fresh_engine, single_torch_thread):
-    assert fresh_engine._backend is None  # nothing loaded yet: this call is the first
+    assert fresh_engine._loaded is None  # nothing loaded yet: this call is the first
     try:
         FIRST_CALLS[case](fresh_engine)
     except (AttributeError, TypeError) as exc:  # state another method should have set up

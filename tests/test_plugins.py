@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from adaptrix_core import ModularAdaptrixEngine, hookimpl
 from adaptrix_core.cli import cli
 from adaptrix_core.errors import BackendNotFoundError, UnsupportedFamilyError
-from adaptrix_core.families import ModelFamily
+from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.plugins import ALLOW_LIST_VARIABLE, get_plugin_manager, load_failures, reload_plugins
 from adaptrix_core.registry import collect
 from tiny_models import build_tiny_model

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -378,8 +378,8 @@ def test_one_token_rows_and_the_context_window(tiny_model_dir, tmp_path, single_
 def test_rows_leaving_trim_the_shared_padding(llama):
     from adaptrix_core.protocols import StepRow
 
-    params = llama._sampling({"temperature": 0, "max_new_tokens": 50, "ignore_eos": True})
-    short = llama._sampling({"temperature": 0, "max_new_tokens": 2})
+    params = llama.prompts.sampling({"temperature": 0, "max_new_tokens": 50, "ignore_eos": True})
+    short = llama.prompts.sampling({"temperature": 0, "max_new_tokens": 2})
     encode = llama.backend.encode_prompt
     with llama.lock:
         batch = llama.backend.new_step_batch()

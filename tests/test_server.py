@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from server_support import sse_events, streamed_text, train_adapters, wait_until_healthy
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.config import ServerSettings
 from adaptrix_core.server import create_app
 

@@ -16,7 +16,7 @@ from adaptrix_core.cli.state import active_adapters_for, set_active_adapters
 
 
 def _store(opts: EngineOptions):
-    from adaptrix_core.adapter_store import AdapterManager
+    from adaptrix_core.adapters.store import AdapterManager
 
     return AdapterManager(opts.config().adapters.directory)
 
@@ -221,9 +221,9 @@ def train(name, data_path, eval_data, layers, target_modules, rank, alpha, dropo
 
 def _check_training_inputs(name: str, data_path: str, eval_data: str | None, overwrite: bool, opts: EngineOptions) -> None:
     """What train can refuse without the model: the name, a taken name, unreadable or malformed data."""
-    from adaptrix_core.adapter_meta import check_adapter_name
+    from adaptrix_core.adapters.metadata import check_adapter_name
     from adaptrix_core.errors import AdapterExistsError
-    from adaptrix_core.training_data import load_examples
+    from adaptrix_core.training.data import load_examples
 
     check_adapter_name(name)
     if _store(opts).path(name).exists() and not overwrite:
@@ -262,8 +262,8 @@ def adapters_import(path, name, description, keywords, base_model, overwrite, op
     """Check a PEFT LoRA folder made elsewhere against the model, then copy it into the store."""
     from pathlib import Path
 
-    from adaptrix_core.adapter_meta import check_adapter_name
-    from adaptrix_core.adapter_store import check_peft_folder
+    from adaptrix_core.adapters.metadata import check_adapter_name
+    from adaptrix_core.adapters.store import check_peft_folder
     from adaptrix_core.errors import AdapterExistsError, AdapterIncompatibleError
 
     check_adapter_name(name)  # cheap checks first: loading the model takes seconds

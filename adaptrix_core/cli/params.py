@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import click
 
-from adaptrix_core.generation import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
+from adaptrix_core.generation.params import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
 
 
 class FiniteFloat(click.FloatRange):
@@ -47,7 +47,7 @@ def check_folder_option(path: str | None, flag: str) -> None:
 def check_texts(texts: Iterable[str], what: str, prompt: bool = False) -> None:
     """Refuse text arguments that cannot be encoded (undecodable bytes on the command line)."""
     from adaptrix_core.errors import InvalidGenerationParameterError, InvalidPromptError
-    from adaptrix_core.generation import check_text
+    from adaptrix_core.generation.params import check_text
 
     for text in texts:
         check_text(what, text, InvalidPromptError if prompt else InvalidGenerationParameterError)
@@ -64,8 +64,8 @@ def adapter_names(spec: Any) -> list[str]:
 
 def check_stored_adapters(directory: str, names: Iterable[str]) -> None:
     """Every name must be a valid adapter name with a folder in the store (AdapterError otherwise)."""
-    from adaptrix_core.adapter_meta import check_adapter_name
-    from adaptrix_core.adapter_store import AdapterManager
+    from adaptrix_core.adapters.metadata import check_adapter_name
+    from adaptrix_core.adapters.store import AdapterManager
 
     store = AdapterManager(directory)
     for name in names:

@@ -35,7 +35,7 @@ def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens
           stream, rag, top_k, data_dir, as_json) -> None:
     """Answer PROMPT with the model (and the active adapters, or --adapter)."""
     from adaptrix_core.cli.state import active_adapters_for
-    from adaptrix_core.generation import check_prompt
+    from adaptrix_core.generation.params import check_prompt
 
     opts = replace(opts, data_dir=data_dir)
     check_prompt(prompt)

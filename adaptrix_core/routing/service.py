@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.config import RouterSettings
 from adaptrix_core.errors import ConfigError, TrainingDataError
 from adaptrix_core.jsonio import read_jsonl

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from adaptrix_core.errors import RequestCancelledError
-from adaptrix_core.generation import trim_at_stop
+from adaptrix_core.generation.params import trim_at_stop
 
 if TYPE_CHECKING:
     from adaptrix_core.types import QueryResult

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaptrix_core.engine_requests import PreparedRequest
+from adaptrix_core.generation.requests import PreparedRequest
 from adaptrix_core.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -41,7 +41,7 @@ from adaptrix_core.errors import (
     RequestCancelledError,
     SchedulerStoppedError,
 )
-from adaptrix_core.generation import trim_at_stop
+from adaptrix_core.generation.params import trim_at_stop
 from adaptrix_core.protocols import StepBatching, StepOutput, StepRow
 from adaptrix_core.server.handle import RequestHandle, TextTracker
 

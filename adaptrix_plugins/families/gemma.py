@@ -1,7 +1,7 @@
 """Gemma family: Gemma, Gemma 2 and Gemma 3 text models (no system role in the chat template)."""
 
 from adaptrix_core import hookimpl
-from adaptrix_core.families import ChatQuirks, GenerationDefaults, ModelFamily
+from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 
 FAMILY = ModelFamily(
     name="gemma",

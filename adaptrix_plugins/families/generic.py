@@ -5,7 +5,7 @@ conventions, and only those present in the model are targeted.
 """
 
 from adaptrix_core import hookimpl
-from adaptrix_core.families import GENERIC_FAMILY_NAME, GenerationDefaults, ModelFamily
+from adaptrix_core.models.families import GENERIC_FAMILY_NAME, GenerationDefaults, ModelFamily
 
 FAMILY = ModelFamily(
     name=GENERIC_FAMILY_NAME,

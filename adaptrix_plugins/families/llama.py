@@ -1,7 +1,7 @@
 """Llama family: Llama 2/3, Mistral and SmolLM (the default model)."""
 
 from adaptrix_core import hookimpl
-from adaptrix_core.families import ChatQuirks, GenerationDefaults, ModelFamily
+from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 
 FAMILY = ModelFamily(
     name="llama",

@@ -1,7 +1,7 @@
 """Phi family: Phi-1/2 (q/k/v, dense, fc1/fc2) and Phi-3 (fused qkv_proj and gate_up_proj)."""
 
 from adaptrix_core import hookimpl
-from adaptrix_core.families import ChatQuirks, GenerationDefaults, ModelFamily
+from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 
 FAMILY = ModelFamily(
     name="phi",

@@ -1,7 +1,7 @@
 """Qwen family: Qwen2, Qwen2-MoE, Qwen3 (thinking switch, off by default) and Qwen3-MoE."""
 
 from adaptrix_core import hookimpl
-from adaptrix_core.families import ChatQuirks, GenerationDefaults, ModelFamily
+from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 
 FAMILY = ModelFamily(
     name="qwen",

@@ -113,7 +113,7 @@ class AdapterMetadata(BaseModel):
     @classmethod
     def from_peft_config(cls, name: str, config: dict[str, Any], **extra: Any) -> "AdapterMetadata":
         """Derive metadata from a PEFT ``adapter_config.json`` made elsewhere (checked against its schema first)."""
-        from adaptrix_core.adapter_schema import validate_adapter_config
+        from adaptrix_core.adapters.schema import validate_adapter_config
 
         check_adapter_name(name)
         validate_adapter_config(config)

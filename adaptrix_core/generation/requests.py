@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice
+from adaptrix_core.adapters.choice import ACTIVE, AdapterChoice
 from adaptrix_core.errors import ContextOverflowError, InvalidPromptError
-from adaptrix_core.generation import check_messages, check_prompt
+from adaptrix_core.generation.params import check_messages, check_prompt
 from adaptrix_core.types import QueryResult, SamplingParams
 
 
@@ -40,16 +40,19 @@ class PreparedRequest:
     released: bool = False
 
 
-class RequestMixin:
-    """``prepare_request`` / ``finish_request`` of the engine (see ``ModularAdaptrixEngine``)."""
+class RequestPlanner:
+    """Prepares requests for a scheduler and builds their results; tracks the adapters they pin.
 
-    def _init_requests(self) -> None:
+    It is composed of the engine's services: ``prompts`` (``PromptBuilder``), ``adapters``
+    (``AdapterPool``), ``documents`` (``DocumentIndex``), ``model`` (returns the ``LoadedModel``),
+    ``result`` (builds a ``QueryResult``) and the engine's ``lock``.
+    """
+
+    def __init__(self, prompts: Any, adapters: Any, documents: Any, model: Callable[[], Any],
+                 result: Callable[..., QueryResult], lock: Any):
+        self.prompts, self.adapters, self.documents = prompts, adapters, documents
+        self._model, self._result, self._lock = model, result, lock
         self._busy_adapters: Counter[str] = Counter()
-
-    @property
-    def lock(self):
-        """The engine's re-entrant lock: hold it around one model step so other calls interleave."""
-        return self._lock
 
     def prepare_request(self, prompt: str | None = None, messages: Sequence[Any] | None = None,
                         use_rag: bool = False, top_k: int | None = None, min_score: float | None = None,
@@ -70,16 +73,15 @@ class RequestMixin:
             conversation = check_messages(messages)
         question = prompt if messages is None else conversation[-1]["content"]
         with self._lock:
-            self._ready()
-            params = self._sampling(gen)
+            params = self.prompts.sampling(gen)
         sources: list[dict[str, Any]] = []
         if use_rag:  # retrieval embeds the question: outside the lock, so decoding goes on meanwhile
             rag_messages, sources = self.documents.rag_messages(question, top_k, min_score)
             conversation = [*conversation[:-1], *rag_messages]
         with self._lock:
-            backend = self._ready()
-            choice = self._choose(gen.get("adapter", ACTIVE), prompt=question)
-            rendered, templated = self._render(conversation, gen)
+            backend = self._model().backend
+            choice = self.adapters._choose(gen.get("adapter", ACTIVE), prompt=question)
+            rendered, templated = self.prompts.render(conversation, gen)
             prepared = PreparedRequest(rendered, templated, params, choice, sources, started)
             self._pin(prepared)
             prompt_tokens = backend.count_tokens(rendered)
@@ -110,7 +112,7 @@ class RequestMixin:
     def adapter_available(self, target: str | None) -> bool:
         """Whether the model-level adapter ``target`` (None: base) is still in the model."""
         with self._lock:
-            return target is None or target in self._loaded
+            return target is None or self.adapters.is_loaded(target)
 
     def _pin(self, prepared: PreparedRequest) -> None:
         self._busy_adapters.update(self._names_of(prepared.choice))

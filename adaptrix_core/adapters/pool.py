@@ -1,34 +1,36 @@
-"""Serving many LoRA adapters from one loaded base model: store, LRU cache, switching, composition.
+"""``AdapterPool``: serving many LoRA adapters from one loaded base model: store, LRU cache,
+switching, composition, and the per-request adapter choice.
 
-Mixed into ``ModularAdaptrixEngine``; every public method takes the engine lock, so concurrent
-requests never see each other's adapter.
+Every public method takes the lock it was given (the engine's), so concurrent requests never see
+each other's adapter. It needs the loaded model (a callable returning ``LoadedModel``) and the
+adapter store; routing for ``adapter="auto"`` comes in as a callable.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from adaptrix_core.adapter_meta import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
-from adaptrix_core.adapter_store import AdapterManager
-from adaptrix_core.engine_adapter_checks import AdapterChecksMixin
+from pydantic import ValidationError
+
+from adaptrix_core.adapters.metadata import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
+from adaptrix_core.adapters.store import AdapterManager, check_peft_folder
+from adaptrix_core.adapters.checks import DERIVED_FIELDS, AdapterChecker
+from adaptrix_core.adapters.choice import ACTIVE, AdapterChoice, composition_name, parse_adapter_spec  # noqa: F401
+from adaptrix_core.config import AdapterSettings
 from adaptrix_core.errors import (
     AdapterError,
+    AdapterExistsError,
     AdapterNotFoundError,
-    InvalidGenerationParameterError,
 )
-from adaptrix_core.layers import resolve_layers, resolve_targets
-from adaptrix_core.protocols import AdapterBackend
-
-ACTIVE = object()  # the ``adapter`` argument was not given: use the active adapters
-
-#: Largest absolute composition weight: beyond it a mix's update swamps the base model and sampling
-#: can overflow (inf/NaN logits). Weights may be negative (subtracting an adapter's update).
-MAX_ADAPTER_WEIGHT = 10.0
+from adaptrix_core.models.layers import resolve_layers, resolve_targets
+from adaptrix_core.models.loaded import LoadedModel
+from adaptrix_core.capabilities import require_capability
+from adaptrix_core.protocols import AdapterBackend, Capability, RoutingDecision
 
 
 @dataclass
@@ -42,30 +44,60 @@ class LoadedAdapter:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class AdapterChoice:
-    """What one request runs with: the model-level adapter name (None: base), the user's view, and
-    the router's decision when ``adapter="auto"`` chose it."""
+class AdapterPool:
+    """The adapters in the served model: loaded ones (LRU), the active set, compositions.
 
-    target: str | None
-    weights: dict[str, float]
-    routing: dict[str, Any] | None = None
+    ``model`` returns the ``LoadedModel`` (loading it on first use); ``store`` is the adapter store;
+    ``route(prompt)`` answers ``adapter="auto"``; ``busy()`` names adapters that requests in flight
+    use (never evicted); ``lock`` is the engine's lock.
+    """
 
+    def __init__(self, settings: AdapterSettings, store: AdapterManager, model: Callable[[], LoadedModel],
+                 lock: Any, route: Callable[[str], RoutingDecision], busy: Callable[[], set[str]] = set):
+        self.settings = settings
+        self.adapter_manager = store
+        self._model = model
+        self._lock = lock
+        self._route = route
+        self._busy = busy
+        self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
+        self._active: dict[str, float] = {}
+        self.checker = AdapterChecker(model, store)
 
-def composition_name(weights: Mapping[str, float]) -> str:
-    return "mix(" + ",".join(f"{name}={weight:g}" for name, weight in sorted(weights.items())) + ")"
+    # The loaded model's parts, read at call time (the engine may load the model lazily).
+    @property
+    def _backend(self) -> Any:
+        return self._model().backend
 
+    @property
+    def _family(self) -> Any:
+        return self._model().family
 
-class AdapterServingMixin(AdapterChecksMixin):
-    """Adapter methods of the engine (see ``ModularAdaptrixEngine``)."""
+    @property
+    def _description(self) -> Any:
+        return self._model().description
 
-    _loaded: "OrderedDict[str, LoadedAdapter]"
-    _active: dict[str, float]
+    @property
+    def _source(self) -> Any:
+        return self._model().source
 
-    def _init_adapters(self) -> None:
-        self._loaded = OrderedDict()
-        self._active = {}
-        self.adapter_manager = AdapterManager(self.config.adapters.directory)
+    def _ready(self) -> Any:
+        return self._model().backend
+
+    def _check_fits(self, name: str, meta: AdapterMetadata, config: Mapping[str, Any], weights_file: Path | None = None):
+        self._adapter_backend()
+        return self.checker.check_fits(name, meta, config, weights_file)
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether adapter (or composition) ``name`` is in the model now."""
+        return name in self._loaded
+
+    def discard_unsaved(self, name: str) -> None:
+        """Take an unsaved (in-memory) adapter out of the model, e.g. after a failed training run."""
+        with self._lock:
+            entry = self._loaded.get(name)
+            if entry is not None and entry.kind == "memory":
+                self._drop(name)
 
     # -- store-level -------------------------------------------------------------------------------
     def list_adapters(self) -> list[dict[str, Any]]:
@@ -152,15 +184,16 @@ class AdapterServingMixin(AdapterChecksMixin):
                 "adapters": adapters,
                 "total_adapter_bytes": sum(adapters.values()),
                 "base_model_bytes": (info.num_parameters or 0) * bytes_per_parameter,
-                "cache_size": self.config.adapters.cache_size,
+                "cache_size": self.settings.cache_size,
                 "loaded": self.loaded_adapters(),
                 "active": self.active_adapters(),
             }
 
-    def _adapter_backend(self) -> AdapterBackend:
+    def _adapter_backend(self, capability: str = Capability.LORA) -> AdapterBackend:
         backend = self._ready()
         if not isinstance(backend, AdapterBackend):
-            raise AdapterError(f"The {backend.name!r} backend does not serve LoRA adapters; use backend='hf'.")
+            require_capability(backend, Capability.LORA, "Serve adapters with backend='hf' (or 'onnx').")
+        require_capability(backend, capability)
         return backend
 
     def _ensure_loaded(self, name: str, pinned: Sequence[str]) -> LoadedAdapter:
@@ -187,8 +220,8 @@ class AdapterServingMixin(AdapterChecksMixin):
 
     def _evict(self, keep: Sequence[str]) -> None:
         """Unload least recently used adapters beyond ``cache_size`` (never unsaved or ``keep`` ones)."""
-        limit = self.config.adapters.cache_size
-        protected = set(keep) | self.busy_adapters()  # adapters of requests in flight (engine_requests)
+        limit = self.settings.cache_size
+        protected = set(keep) | self._busy()  # adapters of requests in flight
         for entry in list(self._loaded.values()):
             if entry.kind == "composed":
                 protected.update(entry.parts if entry.name in protected else ())
@@ -200,33 +233,7 @@ class AdapterServingMixin(AdapterChecksMixin):
 
     # -- per-request choice -------------------------------------------------------------------------
     def _parse_adapter(self, spec: Any) -> dict[str, float]:
-        if spec is ACTIVE:
-            return dict(self._active)
-        if spec is None:
-            return {}
-        if isinstance(spec, str):
-            return {check_adapter_name(spec): 1.0}
-        if isinstance(spec, (list, tuple)):
-            return {check_adapter_name(name): 1.0 for name in spec}
-        if isinstance(spec, Mapping):
-            weights = {}
-            for name, weight in spec.items():
-                if (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)
-                        or abs(weight) > MAX_ADAPTER_WEIGHT):
-                    raise InvalidGenerationParameterError(
-                        f"Adapter weight for {name!r} must be a finite number from -{MAX_ADAPTER_WEIGHT:g} to "
-                        f"{MAX_ADAPTER_WEIGHT:g}, got {weight!r}."
-                    )
-                weights[check_adapter_name(name)] = float(weight)
-            if weights and not any(weights.values()):
-                raise InvalidGenerationParameterError(
-                    f"Adapter weights {dict(spec)!r} are all zero: give at least one adapter a nonzero weight "
-                    "(or pass adapter=None for the base model)."
-                )
-            return weights
-        raise InvalidGenerationParameterError(
-            f"adapter must be a name, a list of names, a {{name: weight}} dict or None, got {type(spec).__name__}."
-        )
+        return parse_adapter_spec(spec, self._active)
 
     def _resolve_auto(self, spec: Any, prompt: str | None) -> tuple[Any, dict[str, Any] | None]:
         """Replace ``"auto"`` by the router's selection for ``prompt``; return (spec, decision dict)."""
@@ -234,12 +241,7 @@ class AdapterServingMixin(AdapterChecksMixin):
             return spec, None
         from adaptrix_core.routing.selection import decision_dict
 
-        if not self.config.router.name:
-            raise InvalidGenerationParameterError(
-                "adapter='auto' needs a router: create the engine with router='keyword', 'semantic', "
-                "'classifier' or 'hybrid' (or set router.name in the config)."
-            )
-        decision = self.route(prompt or "")
+        decision = self._route(prompt or "")
         return dict(decision.selected), decision_dict(decision)
 
     def _choose(self, spec: Any, pinned: Sequence[str] = (), prompt: str | None = None) -> AdapterChoice:
@@ -256,7 +258,7 @@ class AdapterServingMixin(AdapterChecksMixin):
         if mix in self._loaded:
             self._loaded.move_to_end(mix)
         else:
-            size = self._backend.compose_lora(mix, weights)
+            size = self._adapter_backend(Capability.LORA_COMPOSITION).compose_lora(mix, weights)
             self._loaded[mix] = LoadedAdapter(mix, "composed", size, parts=dict(weights))
             self._evict(keep=keep + (mix,))
         return AdapterChoice(mix, weights, routing)
@@ -270,7 +272,7 @@ class AdapterServingMixin(AdapterChecksMixin):
         ``target_modules=None`` takes the family's defaults present in the model.
         """
         with self._lock:
-            backend = self._adapter_backend()
+            backend = self._adapter_backend(Capability.TRAINING)
             check_adapter_name(name)
             if name in self._loaded:
                 raise AdapterError(f"Adapter {name!r} is already loaded; unload it or pick another name.")
@@ -305,7 +307,7 @@ class AdapterServingMixin(AdapterChecksMixin):
                 raise AdapterNotFoundError(f"Adapter {name!r} is not loaded, so there is nothing to save.")
             meta = AdapterMetadata.model_validate({**entry.metadata.model_dump(), **metadata})
             with tempfile.TemporaryDirectory(prefix="adaptrix-save-") as scratch:
-                written = self._backend.save_lora(name, Path(scratch), self._source.canonical_id)
+                written = self._adapter_backend(Capability.TRAINING).save_lora(name, Path(scratch), self._source.canonical_id)
                 saved = self.adapter_manager.save(written, meta, overwrite=overwrite)
             entry.kind, entry.metadata = "stored", saved
             return saved
@@ -317,3 +319,44 @@ class AdapterServingMixin(AdapterChecksMixin):
             meta, config, _ = self.adapter_manager.validate(name)
             self._check_fits(name, meta, config, self.adapter_manager.path(name) / WEIGHTS_FILE)
             return meta
+
+    def import_adapter(self, path: str | os.PathLike, name: str, base_model: str | None = None,
+                       overwrite: bool = False, **metadata: Any) -> AdapterMetadata:
+        """Check a PEFT LoRA folder made elsewhere against the loaded model, then add it to the store.
+
+        ``base_model`` is the model it was trained on, when its ``adapter_config.json`` does not say
+        so usefully (a path on another machine, a private name): it is recorded as the adapter's
+        ``base_model`` and checked like any recorded id. ``metadata`` sets fields such as
+        ``description`` or ``routing``. The stored metadata also records this model's family and
+        fingerprint, so the adapter later loads wherever these weights are served.
+
+        Raises ``AdapterNotFoundError`` / ``AdapterCorruptError`` (files), ``AdapterExistsError``
+        (name taken and ``overwrite`` False) or ``AdapterIncompatibleError``; nothing is written then.
+        """
+        check_adapter_name(name)
+        folder = Path(path).expanduser()
+        config, _ = check_peft_folder(folder)
+        if base_model is not None and (not isinstance(base_model, str) or not base_model.strip()):
+            raise AdapterError(f"base_model must be a non-empty model id or path, got {base_model!r}.")
+        extra = {key: value for key, value in metadata.items() if key not in DERIVED_FIELDS}
+        with self._lock:
+            if self.adapter_manager.path(name).exists() and not overwrite:
+                raise AdapterExistsError(f"Adapter {name!r} already exists in the store; pass overwrite=True to replace it.")
+            entry = self._loaded.get(name)
+            if entry is not None and entry.kind == "memory":
+                raise AdapterExistsError(f"An unsaved adapter named {name!r} is loaded; save or unload it first.")
+            backend = self._adapter_backend()
+            try:
+                meta = AdapterMetadata.from_peft_config(name, config, base_model=base_model and base_model.strip(), **extra)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise AdapterError(f"Invalid metadata for adapter {name!r}: {'.'.join(map(str, first['loc']))}: "
+                                   f"{first['msg']}.") from None
+            self._check_fits(name, meta, config, folder / WEIGHTS_FILE)
+            saved = self.adapter_manager.import_peft(folder, name, overwrite=overwrite, **{
+                **extra, "base_model": meta.base_model, "family": self._family.name,
+                "base_fingerprint": backend.fingerprint(),
+            })
+            if name in self._loaded:  # the old version is in the model: the next use loads the new one
+                self._drop(name)
+            return saved

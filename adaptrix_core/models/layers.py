@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from adaptrix_core.errors import AdapterError
-from adaptrix_core.families import ModelFamily
+from adaptrix_core.models.families import ModelFamily
 
 LAYER_PRESETS = ("middle", "quartiles", "all")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from adaptrix_core.errors import TrainingDataError
-from adaptrix_core.generation import ROLES
+from adaptrix_core.generation.params import ROLES
 
 
 @dataclass(frozen=True)

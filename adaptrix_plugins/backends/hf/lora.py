@@ -31,7 +31,7 @@ from adaptrix_core.errors import (
     AdapterIncompatibleError,
     AdaptrixError,
 )
-from adaptrix_core.lora_options import option_problems, tensor_problems
+from adaptrix_core.adapters.lora_options import option_problems, tensor_problems
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 _LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}

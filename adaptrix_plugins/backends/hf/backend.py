@@ -12,13 +12,13 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from adaptrix_core.config import ModelSettings
 from adaptrix_core.errors import ContextOverflowError, EngineClosedError, ModelLoadError
-from adaptrix_core.families import ModelFamily
-from adaptrix_core.generation import GREEDY_TEMPERATURE
-from adaptrix_core.model_source import ModelSource
+from adaptrix_core.models.families import ModelFamily
+from adaptrix_core.generation.params import GREEDY_TEMPERATURE
+from adaptrix_core.models.source import ModelSource
 from adaptrix_core.protocols import Capability
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
-from adaptrix_plugins.backends.hf_lora import PeftAdapters
-from adaptrix_plugins.backends.hf_loading import (
+from adaptrix_plugins.backends.hf.lora import PeftAdapters
+from adaptrix_plugins.backends.hf.loading import (
     find_layers_path,
     load_model_and_tokenizer,
     resolve_device,
@@ -147,7 +147,7 @@ class HFBackend:
 
     def fingerprint(self) -> dict[str, Any]:
         """What the loaded base model is (see ``hf_fingerprint``); computed once, unchanged by adapters."""
-        from adaptrix_plugins.backends.hf_fingerprint import model_fingerprint
+        from adaptrix_plugins.backends.hf.fingerprint import model_fingerprint
 
         self._require_model()
         if self._fingerprint is None:
@@ -181,7 +181,7 @@ class HFBackend:
 
     def train_lora(self, name: str, examples: Sequence[tuple[str, str]], options: Mapping[str, Any], progress: Any = None) -> dict[str, Any]:
         """Train adapter ``name`` on (rendered prompt, response) pairs; return loss figures."""
-        from adaptrix_plugins.backends.hf_training import train_lora
+        from adaptrix_plugins.backends.hf.training import train_lora
 
         self._require_model()
         return train_lora(self, name, examples, options, progress)
@@ -194,7 +194,7 @@ class HFBackend:
 
     def new_step_batch(self) -> Any:
         """An empty running batch (``hf_batching.HFStepBatch``) for the scheduler."""
-        from adaptrix_plugins.backends.hf_batching import HFStepBatch
+        from adaptrix_plugins.backends.hf.batching import HFStepBatch
 
         return HFStepBatch(self)
 

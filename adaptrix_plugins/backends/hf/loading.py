@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from adaptrix_core.errors import DeviceNotAvailableError, ModelLoadError
-from adaptrix_core.model_source import ModelSource
-from adaptrix_plugins.backends.hf_attention import NAME as GQA_ATTENTION
-from adaptrix_plugins.backends.hf_attention import use_gqa_attention
+from adaptrix_core.models.source import ModelSource
+from adaptrix_plugins.backends.hf.attention import NAME as GQA_ATTENTION
+from adaptrix_plugins.backends.hf.attention import use_gqa_attention
 
 log = logging.getLogger(__name__)
 

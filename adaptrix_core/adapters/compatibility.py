@@ -12,14 +12,14 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from adaptrix_core.base_identity import (
+from adaptrix_core.adapters.base_identity import (
     BaseIdentity,
     base_problems,
     normalise_model_name,
 )
 from adaptrix_core.errors import AdapterError
-from adaptrix_core.families import ModelFamily
-from adaptrix_core.lora_options import option_problems, tensor_problems
+from adaptrix_core.models.families import ModelFamily
+from adaptrix_core.adapters.lora_options import option_problems, tensor_problems
 from adaptrix_core.types import CompatibilityReport
 
 __all__ = ["check_compatibility", "normalise_model_name", "read_adapter_config"]

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 from typing_extensions import Annotated
 
-from adaptrix_core.errors import AdapterConfigError
+from adaptrix_core.errors import AdapterConfigError, AdapterUnsupportedError
 
 CONFIG_FILE = "adapter_config.json"
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
@@ -22,6 +22,10 @@ TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS
 # Megatron layers need the megatron package and model-parallel state a served model does not have.
 UNSUPPORTED_VARIANTS = ("kasa_config", "velora_config", "monteclora_config", "use_bdlora", "arrow_config",
                         "lora_ga_config", "alora_invocation_tokens", "megatron_config")
+#: Options refused because they change the shared base model or ask for an unserved LoRA variant:
+#: they raise ``AdapterUnsupportedError`` (a config error and an incompatibility at once).
+BASE_CHANGING = (*UNSUPPORTED_VARIANTS, "layer_replication", "trainable_token_indices", "modules_to_save",
+                 "init_lora_weights")
 
 
 def _regex(value: str) -> str:
@@ -161,7 +165,10 @@ def validate_adapter_config(config: Any) -> LoraConfigSchema:
     try:
         schema = LoraConfigSchema.model_validate(config)
     except ValidationError as exc:
-        raise AdapterConfigError(_describe(exc, config)) from None
+        errors = exc.errors()
+        field = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else ""
+        kind = AdapterUnsupportedError if field in BASE_CHANGING else AdapterConfigError
+        raise kind(_describe(exc, config)) from None
     except RecursionError:
         raise AdapterConfigError(f"{CONFIG_FILE} is nested too deeply.") from None
     _check_combinations(schema, config)
@@ -169,7 +176,8 @@ def validate_adapter_config(config: Any) -> LoraConfigSchema:
 
 
 def _refuse(field: str, problem: str) -> None:
-    raise AdapterConfigError(f"{CONFIG_FILE}: {field}: {problem}.")
+    kind = AdapterUnsupportedError if field in BASE_CHANGING else AdapterConfigError
+    raise kind(f"{CONFIG_FILE}: {field}: {problem}.")
 
 
 def _check_combinations(schema: LoraConfigSchema, config: dict[str, Any]) -> None:

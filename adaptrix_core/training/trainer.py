@@ -1,4 +1,6 @@
-"""Training an adapter on the user's data and scoring it against the base model on held-out examples."""
+"""``Trainer``: training an adapter on the user's data and scoring it against the base model on
+held-out examples. It trains on the served model through the adapter pool, so it needs a backend
+with the ``training`` capability."""
 
 from __future__ import annotations
 
@@ -6,16 +8,29 @@ import os
 import random
 from typing import Any, Callable, Iterable, Sequence
 
-from adaptrix_core.adapter_meta import AdapterMetadata, RoutingHints, check_adapter_name
+from adaptrix_core.adapters.metadata import AdapterMetadata, RoutingHints, check_adapter_name
+from adaptrix_core.capabilities import require_capability
 from adaptrix_core.errors import AdapterExistsError, TrainingDataError
-from adaptrix_core.metrics import metric_for
-from adaptrix_core.training_data import Example, load_examples, split_examples
+from adaptrix_core.protocols import Capability
+from adaptrix_core.training.metrics import metric_for
+from adaptrix_core.training.data import Example, load_examples, split_examples
 
 Progress = Callable[[int, int, float], None]
 
 
-class TrainingMixin:
-    """Training and evaluation methods of the engine (see ``ModularAdaptrixEngine``)."""
+class Trainer:
+    """Trains and evaluates adapters on the served model.
+
+    ``pool`` is the engine's ``AdapterPool`` (adapters are created, chosen and saved there),
+    ``prompts`` its ``PromptBuilder``, ``model`` returns the ``LoadedModel``; ``lock`` is the engine's.
+    """
+
+    def __init__(self, pool: Any, prompts: Any, model: Callable[[], Any], lock: Any):
+        self.pool = pool
+        self.prompts = prompts
+        self._model = model
+        self._lock = lock
+        self.adapter_manager = pool.adapter_manager
 
     def evaluate(self, data: Any, adapter: Any = None, metric: str = "auto", batch_size: int = 16,
                  max_new_tokens: int | None = None) -> dict[str, Any]:
@@ -27,21 +42,21 @@ class TrainingMixin:
         references = [example.response for example in examples]
         metric_name, score = metric_for(metric, references)
         with self._lock:
-            backend = self._ready()
+            backend = self._model().backend
             budget = max_new_tokens or max(backend.count_tokens(r) for r in references) + 8
             predictions: list[str] = []
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start : start + batch_size]
-                prompts = [self._render(example.chat(), {})[0] for example in chunk]
+                prompts = [self.prompts.render(example.chat(), {})[0] for example in chunk]
                 predictions.extend(self._generate_rendered(prompts, adapter, budget))
         hits = [score(p, r) for p, r in zip(predictions, references)]
         return {"metric": metric_name, "score": sum(hits) / len(hits), "examples": len(hits),
                 "predictions": predictions, "correct": hits}
 
     def _generate_rendered(self, prompts: Sequence[str], adapter: Any, max_new_tokens: int) -> list[str]:
-        params = self._sampling({"temperature": 0, "max_new_tokens": max_new_tokens})
-        target = self._choose(adapter).target
-        completions = self._backend.generate(prompts, params, templated=self._uses_chat_template(),
+        params = self.prompts.sampling({"temperature": 0, "max_new_tokens": max_new_tokens})
+        target = self.pool._choose(adapter).target
+        completions = self._model().backend.generate(prompts, params, templated=self.prompts.uses_chat_template(),
                                              adapters=[target] * len(prompts))
         return [completion.text for completion in completions]
 
@@ -72,15 +87,16 @@ class TrainingMixin:
         else:
             train, held_out = split_examples(examples, eval_split, seed)
         with self._lock:
-            self._ready()
-            if name in self._loaded:
-                self.unload_adapter(name)
-            self.create_adapter(name, layers=layers, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout)
+            backend = self._model().backend
+            require_capability(backend, Capability.TRAINING, "Train adapters with backend='hf'.")
+            if self.pool.is_loaded(name):
+                self.pool.unload_adapter(name)
+            self.pool.create_adapter(name, layers=layers, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout)
             try:
-                pairs = [(self._render(example.chat(), {})[0], example.response) for example in train]
+                pairs = [(self.prompts.render(example.chat(), {})[0], example.response) for example in train]
                 options = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                            "max_length": max_length, "seed": seed}
-                figures = self._backend.train_lora(name, pairs, options, progress)
+                figures = backend.train_lora(name, pairs, options, progress)
                 metrics: dict[str, Any] = {"train_examples": figures["train_examples"],
                                            "final_train_loss": figures["final_loss"]}
                 if held_out:
@@ -93,11 +109,10 @@ class TrainingMixin:
                 training = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed,
                             "steps": figures["steps"], "layers": layers if isinstance(layers, str) else "custom",
                             "data": str(data) if isinstance(data, (str, os.PathLike)) else "in-memory"}
-                return self.save_adapter(name, overwrite=overwrite, description=description, performance_metrics=metrics,
+                return self.pool.save_adapter(name, overwrite=overwrite, description=description, performance_metrics=metrics,
                                          routing=hints, training=training)
             except BaseException:
-                if name in self._loaded and self._loaded[name].kind == "memory":
-                    self._drop(name)
+                self.pool.discard_unsaved(name)
                 raise
 
 

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from adaptrix_core.adapter_files import loads_object, open_regular
+from adaptrix_core.adapters.files import loads_object, open_regular
 from adaptrix_core.errors import AdapterCorruptError
 
 MAX_HEADER = 100 * 2**20  # the safetensors library's own limit

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from adaptrix_core.config import GenerationSettings
 from adaptrix_core.errors import InvalidGenerationParameterError, InvalidPromptError
-from adaptrix_core.families import ModelFamily
+from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.types import SamplingParams
 
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "task_type", "enable_thinking",

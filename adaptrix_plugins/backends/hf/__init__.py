@@ -5,7 +5,7 @@ from adaptrix_core import hookimpl
 
 def create_hf_backend():
     """Build an ``HFBackend``; importing it pulls in torch and transformers."""
-    from adaptrix_plugins.backends.hf_backend import HFBackend
+    from adaptrix_plugins.backends.hf.backend import HFBackend
 
     return HFBackend()
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptrix_core.adapter_export import EXPORTABLE, check_destination, export_folder
-from adaptrix_core.adapter_files import read_json_object
-from adaptrix_core.adapter_meta import (
+from adaptrix_core.adapters.export import EXPORTABLE, check_destination, export_folder
+from adaptrix_core.adapters.files import read_json_object
+from adaptrix_core.adapters.metadata import (
     METADATA_FILE,
     PEFT_CONFIG_FILE,
     WEIGHTS_FILE,
@@ -27,7 +27,7 @@ from adaptrix_core.adapter_meta import (
     check_adapter_name,
     sha256_of,
 )
-from adaptrix_core.adapter_schema import LoraConfigSchema, expected_rank, validate_adapter_config
+from adaptrix_core.adapters.schema import LoraConfigSchema, expected_rank, validate_adapter_config
 from adaptrix_core.errors import (
     AdapterCorruptError,
     AdapterError,
@@ -37,7 +37,7 @@ from adaptrix_core.errors import (
     AdapterNotFoundError,
     AdapterStoreError,
 )
-from adaptrix_core.safetensors_header import FLOAT_DTYPES, read_safetensors_header
+from adaptrix_core.adapters.safetensors_header import FLOAT_DTYPES, read_safetensors_header
 
 __all__ = ["AdapterListing", "AdapterManager", "check_peft_folder", "lora_module_shapes", "read_safetensors_header"]
 
