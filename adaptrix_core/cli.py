@@ -290,6 +290,7 @@ def main() -> None:
 
 
 from adaptrix_core import cli_adapters, cli_index, cli_router  # noqa: E402,F401  (register their commands on ``cli``)
+from adaptrix_core import cli_monitoring  # noqa: E402,F401  (stats, benchmark)
 
 
 if __name__ == "__main__":

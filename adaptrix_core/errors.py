@@ -117,3 +117,12 @@ class DocumentNotFoundError(DocumentError, LookupError):
 
 class IndexCorruptError(AdaptrixError, RuntimeError):
     """The retrieval index on disk is damaged or its files disagree; they are reported, never modified."""
+
+
+class MonitoringError(AdaptrixError, ValueError):
+    """The request log cannot be opened or read (not an Adaptrix log, a newer schema, unwritable), or a
+    monitoring argument (a ``--since`` window, a record field) is bad."""
+
+
+class OptionalDependencyError(AdaptrixError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the pip command."""
