@@ -82,13 +82,15 @@ def run_benchmark(engine: Any, adapter: str, *, max_new_tokens: int = 32, rounds
                   prompt: str | None = None, roots: Sequence[Path] = (), progress: Progress | None = None) -> dict[str, Any]:
     """Measure ``adapter`` against the base model on ``engine`` (see the module docstring); a JSON-ready dict."""
     from adaptrix_core.adapter_meta import WEIGHTS_FILE
+    from adaptrix_core.adapter_store import AdapterManager
     from adaptrix_core.training_data import load_examples
 
     say = progress or (lambda _stage: None)
     say("loading the model")
     engine.initialize()
     info = engine.get_model_info()
-    meta = engine.adapter_manager.metadata(adapter)
+    store = AdapterManager(engine.config.adapters.directory)
+    meta = store.metadata(adapter)
     prompt = prompt or (meta.routing.example_prompts[0] if meta.routing.example_prompts else GENERIC_PROMPT)
 
     say("loading the adapter")
@@ -96,7 +98,7 @@ def run_benchmark(engine: Any, adapter: str, *, max_new_tokens: int = 32, rounds
     engine.load_adapter(adapter)
     first_load_ms = (time.perf_counter() - started) * 1000
     memory = engine.memory_report()
-    weights_file = engine.adapter_manager.path(adapter) / WEIGHTS_FILE
+    weights_file = store.path(adapter) / WEIGHTS_FILE
 
     say("warming up")
     for spec in (None, adapter):
@@ -142,7 +144,7 @@ def run_benchmark(engine: Any, adapter: str, *, max_new_tokens: int = 32, rounds
                    "weights_file_bytes": weights_file.stat().st_size if weights_file.is_file() else None,
                    "base_model_bytes": memory.get("base_model_bytes")},
     }
-    path, metric, origin = evaluation_set(meta, engine.adapter_manager.path(adapter), roots)
+    path, metric, origin = evaluation_set(meta, store.path(adapter), roots)
     if eval_limit == 0:
         path, origin = None, "--eval-limit 0"
     if path is None:
