@@ -179,6 +179,24 @@ def test_unwritable_path_never_reaches_the_caller(tmp_path):
     log.close()
 
 
+def test_a_bad_value_is_skipped_by_the_writer_not_raised(tmp_path):
+    path = tmp_path / "log.sqlite"
+    log = new_log(path)
+    assert log.record_request(source="library", latency_ms="fast")  # queued: values are converted off the hot path
+    assert log.record_request(source="library", latency_ms=3.0)
+    assert log.flush()
+    assert [row["latency_ms"] for row in rows_of(path)] == [3.0]
+    assert log.status()["failed"] == 1 and "could not be converted" in log.status()["last_error"]
+    log.close()
+
+
+def test_a_folder_is_not_a_log(tmp_path):
+    with pytest.raises(MonitoringError, match="Cannot open the request log"):
+        MonitoringStore.open(tmp_path)
+    with pytest.raises(MonitoringError, match="is a folder"):
+        mstats.load(tmp_path)
+
+
 def test_retention_by_age_and_rows_applied_now_and_then(tmp_path):
     path = tmp_path / "log.sqlite"
     now = time.time()
@@ -485,3 +503,5 @@ def test_cli_benchmark_errors_are_one_line(invoke, tiny_model_dir, tiny_store):
     missing = invoke("benchmark", "nope", *model, code=1)
     assert missing.output.count("\n") == 1 and "No adapter named 'nope'" in missing.output
     assert "Invalid value for '--max-new-tokens'" in invoke("benchmark", "tiny", *model, "--max-new-tokens", "1", code=2).output
+    blank = invoke("benchmark", "tiny", *model, "--prompt", " ", "--json", code=1)
+    assert json.loads(blank.stdout)["error"]["type"] == "InvalidPromptError" and blank.stderr.count("\n") == 1
