@@ -160,6 +160,33 @@ class ServerSettings(_Section):
     )
 
 
+class MonitoringSettings(_Section):
+    """The request log: one SQLite row per request and per adapter load/unload/evict (see docs/monitoring.md)."""
+
+    enabled: bool = Field(True, description="Record every request and adapter event in the request log.")
+    path: str | None = Field(
+        None, description="SQLite file of the request log; None: <cache_dir>/monitoring.sqlite.",
+    )
+    store_text: bool = Field(
+        False, description="Also store prompts and answers (off by default: only sizes, timings and names are kept).",
+    )
+    retention_days: float | None = Field(
+        30.0, gt=0, description="Rows older than this many days are deleted now and then; None keeps them.",
+    )
+    retention_rows: int | None = Field(
+        1_000_000, ge=1, description="At most this many requests (and as many events) are kept, newest first; None: no limit.",
+    )
+    queue_size: int = Field(
+        10_000, ge=1, description="Rows waiting to be written; when full, new rows are dropped and counted, never waited for.",
+    )
+
+    def resolved_path(self, cache_dir: str | os.PathLike) -> Path:
+        """The log file: ``path`` with ``~`` expanded, else ``<cache_dir>/monitoring.sqlite``."""
+        if self.path:
+            return Path(self.path).expanduser()
+        return Path(cache_dir).expanduser() / "monitoring.sqlite"
+
+
 class AdaptrixConfig(_Section):
     """Everything the engine and the CLI read. Build it with :func:`load_config`."""
 
@@ -170,6 +197,9 @@ class AdaptrixConfig(_Section):
     adapters: AdapterSettings = Field(default_factory=AdapterSettings, description="Adapter store.")
     router: RouterSettings = Field(default_factory=RouterSettings, description="Adapter routing.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Document index and retrieval (RAG).")
+    monitoring: MonitoringSettings = Field(
+        default_factory=MonitoringSettings, description="Request log: latency, tokens, adapters, errors (adaptrix stats)."
+    )
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Settings of individual plugins by name, each validated by the plugin's own model when "

@@ -165,3 +165,12 @@ class SchedulerStoppedError(AdaptrixError, RuntimeError):
 
 class RequestCancelledError(AdaptrixError, RuntimeError):
     """The request was cancelled (its client went away) before it finished, so it has no result."""
+
+
+class MonitoringError(AdaptrixError, ValueError):
+    """The request log cannot be opened or read (not an Adaptrix log, a newer schema, unwritable), or a
+    monitoring argument (a ``--since`` window, a record field) is bad."""
+
+
+class OptionalDependencyError(AdaptrixError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the pip command."""
