@@ -386,8 +386,8 @@ def test_index_cli_commands_with_json(tmp_path):
 # -- with the real model -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_default_model_answers_a_handbook_question_with_rag(default_engine, tmp_path):
-    default_engine.config = default_engine.config.model_copy(
-        update={"rag": default_engine.config.rag.model_copy(update={"data_dir": str(tmp_path / "index")})})
+    # The shared engine's document index, pointed at a folder of this test.
+    default_engine.documents.settings = default_engine.config.rag.model_copy(update={"data_dir": str(tmp_path / "index")})
     default_engine.add_documents(CORPUS)
     question = "What is the mandatory safety course for new employees called?"
     result = default_engine.query(question, use_rag=True, top_k=4, temperature=0, max_new_tokens=48)
