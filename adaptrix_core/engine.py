@@ -8,7 +8,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.config import AdaptrixConfig, load_config
-from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin
+from adaptrix_core.engine_adapters import ACTIVE, AdapterChoice, AdapterServingMixin, LoadedAdapter
 from adaptrix_core.engine_rag import RagMixin
 from adaptrix_core.engine_training import TrainingMixin
 from adaptrix_core.errors import (
@@ -103,10 +103,12 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
             backend = registry.backends[name]()
             if not isinstance(backend, BaseModelInterface):
                 raise PluginError(f"Backend {name!r} does not implement BaseModelInterface.")
+            if hasattr(backend, "configure"):  # the backend's own settings, plugins.<backend name>
+                backend.configure(self.config.plugins.get(name, {}))
             description = backend.load(source, self.config.model, self.config.resolved_cache_dir())
             family = detect_family(
                 registry.families, description.model_type, description.architectures,
-                source.canonical_id, forced=self.config.model.family,
+                description.extra.get("base_model") or source.canonical_id, forced=self.config.model.family,
             )
             backend.bind_family(family)
             self._registry, self._source, self._description, self._family = registry, source, description, family
@@ -196,6 +198,17 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
             adapter_config, self._family, self._description.num_layers, backend.module_names(),
             (self._source.canonical_id, self.model_id, self._source.gguf_file or ""),
         )
+
+    def _ensure_loaded(self, name: str, pinned: Sequence[str]):
+        # A remote server's own models need no store copy nor injection (adaptrix_plugins/backends/remote).
+        if name not in self._loaded and getattr(self._ready(), "serves_adapter", lambda _: False)(name):
+            meta = self.adapter_manager.metadata(name) if name in self.adapter_manager.names() else None
+            self._loaded[name] = LoadedAdapter(name, "served", 0, meta)
+        return super()._ensure_loaded(name, pinned)
+
+    def _check_fits(self, name: str, meta: Any, config: dict[str, Any], shapes: dict) -> None:
+        check = getattr(self._backend, "check_adapter", None)  # a backend without a module tree checks itself
+        return check(name, meta, config) if check else super()._check_fits(name, meta, config, shapes)
 
     # -- routing (see RouterService) --------------------------------------------------------------
     @property
