@@ -11,7 +11,7 @@ events ending in ``data: [DONE]``, ``POST /v1/load_lora_adapter {"lora_name", "l
 Every answer is ``"<model> says: <last user message>"`` (whole words, streamed one word a piece), so
 tests can see which model answered. ``script`` queues failures (status, body, headers) answered
 before the next requests; ``mounts`` maps the paths vLLM would see to folders on this machine (the
-container's volumes), so a LoRA path is checked the way vLLM checks it.
+container's volumes: nothing else exists for it), so a LoRA path is checked the way vLLM checks it.
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ class FakeVLLM:
         return f"{model} says: {last}"
 
     def _visible(self, path: str) -> bool:
+        """Like vLLM in a container: only paths under its mounts exist for it."""
         for remote, local in self.mounts.items():
             if path == remote or path.startswith(remote.rstrip("/") + "/"):
-                path = str(Path(local) / path[len(remote):].lstrip("/"))
-                break
-        return (Path(path) / "adapter_config.json").is_file()
+                return (Path(local) / path[len(remote):].lstrip("/") / "adapter_config.json").is_file()
+        return False
 
     async def _prelude(self, request: Request) -> tuple[dict[str, Any] | None, Response | None]:
         raw = await request.body()
@@ -119,7 +119,9 @@ class FakeVLLM:
         if early is not None:
             return early
         model = body.get("model")
-        if model != self.base_model and model not in self.loras:
+        # adaptrix serve composes a weighted mix sent in the "adapter" field (its extension of the OpenAI body)
+        mixed = self.owned_by == "adaptrix" and isinstance(body.get("adapter"), dict)
+        if not mixed and model != self.base_model and model not in self.loras:
             return vllm_error(f"The model `{model}` does not exist.", "NotFoundError", 404)
         text = self.answer(model, body)
         usage = {"prompt_tokens": 7, "completion_tokens": len(text.split()), "total_tokens": 7 + len(text.split())}
@@ -213,7 +215,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:

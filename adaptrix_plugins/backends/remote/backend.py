@@ -25,9 +25,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from adaptrix_core.errors import (
     AdapterIncompatibleError,

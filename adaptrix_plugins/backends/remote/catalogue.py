@@ -8,8 +8,9 @@ model, its store's adapters and ``auto``, all ``owned_by: "adaptrix"``. Servers 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from adaptrix_core.compatibility import normalise_model_name
 from adaptrix_core.errors import RemoteBackendError

@@ -18,7 +18,8 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
 
@@ -117,8 +118,8 @@ class RemoteClient:
             if response.status_code in RETRY_STATUSES and attempt < retries:
                 wait = retry_after(response.headers.get("retry-after"))
                 if wait is not None and wait > self.settings.max_backoff:
-                    raise self._error(response, url, f" It asked to retry after {wait:g} s, longer than "
-                                                     f"plugins.remote.max_backoff ({self.settings.max_backoff:g} s).")
+                    raise self._error(response, url, suffix=f" It asked to retry after {wait:g} s, longer than "
+                                      f"plugins.remote.max_backoff ({self.settings.max_backoff:g} s).")
                 response.close()
                 self._sleep(self._delay(attempt, wait))
                 continue
@@ -140,7 +141,7 @@ class RemoteClient:
             return min(retry_after_s, self.settings.max_backoff)
         return min(self.settings.backoff * (2 ** attempt), self.settings.max_backoff)
 
-    def _error(self, response: httpx.Response, url: str, note: str = "") -> RemoteBackendError:
+    def _error(self, response: httpx.Response, url: str, note: str = "", suffix: str = "") -> RemoteBackendError:
         try:
             response.read()
         except httpx.HTTPError:
@@ -149,9 +150,9 @@ class RemoteClient:
             response.close()
         message, error_type, code = error_fields(_body_of(response))
         status = response.status_code
-        hint = ""
+        hint = suffix
         if status in (401, 403):
-            hint = " Set the upstream's API key in ADAPTRIX_REMOTE_API_KEY or plugins.remote.api_key."
+            hint += " Set the upstream's API key in ADAPTRIX_REMOTE_API_KEY or plugins.remote.api_key."
         kind = UpstreamUnavailableError if status in RETRY_STATUSES or status in (502, 504) else RemoteBackendError
         return kind(f"The upstream server at {url} answered {status}{note}: {message}{hint}", url=url, status=status,
                     upstream_message=message, error_type=error_type, code=code)
