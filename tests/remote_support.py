@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = ("arithmetic", "dates", "extraction")
 
 
-@pytest.fixture
-def remote_plugin() -> Iterator[None]:
-    """Make sure the ``remote`` backend is registered while the test runs.
+@contextmanager
+def remote_backend_registered() -> Iterator[None]:
+    """Make sure the ``remote`` backend is registered inside the block.
 
     A fresh install registers it through the ``adaptrix`` entry points (``pyproject.toml``; checked
     by ``test_entry_point_is_declared``); an environment installed before the entry point existed
@@ -30,9 +31,25 @@ def remote_plugin() -> Iterator[None]:
     added = "remote" not in collect().backends
     if added:
         manager.register(module, name="backend_remote")
-    yield
-    if added and manager.get_plugin("backend_remote") is module:
-        manager.unregister(module)
+    try:
+        yield
+    finally:
+        if added and manager.get_plugin("backend_remote") is module:
+            manager.unregister(module)
+
+
+@pytest.fixture
+def remote_plugin() -> Iterator[None]:
+    """The ``remote`` backend registered for one test (see ``remote_backend_registered``)."""
+    with remote_backend_registered():
+        yield
+
+
+@pytest.fixture(scope="module")
+def remote_plugin_module() -> Iterator[None]:
+    """The ``remote`` backend registered for a whole module (for module-scoped engines)."""
+    with remote_backend_registered():
+        yield
 
 
 @pytest.fixture(scope="module")
