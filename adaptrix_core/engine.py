@@ -202,7 +202,8 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
     def _ensure_loaded(self, name: str, pinned: Sequence[str]):
         # A remote server's own models need no store copy nor injection (adaptrix_plugins/backends/remote).
         if name not in self._loaded and getattr(self._ready(), "serves_adapter", lambda _: False)(name):
-            meta = self.adapter_manager.metadata(name) if name in self.adapter_manager.names() else None
+            stored = (self.adapter_manager.path(name) / "adapter_config.json").is_file()
+            meta = self.adapter_manager.metadata(name) if stored else None
             self._loaded[name] = LoadedAdapter(name, "served", 0, meta)
         return super()._ensure_loaded(name, pinned)
 
