@@ -54,6 +54,8 @@ class FakeVLLM:
         self.script: list[tuple[int, Any, dict[str, str]]] = []
         self.stream_error_after: int | None = None  # words streamed before an error event
         self.delay = 0.0
+        self.word_delay = 0.0  # seconds between streamed words
+        self.abandoned = 0  # streams whose client went away before the end
         self._lock = threading.Lock()
 
     # -- behaviour --------------------------------------------------------------------------------------
@@ -146,19 +148,26 @@ class FakeVLLM:
             return "data: " + json.dumps({"id": "cmpl-fake", "object": kind, "created": 0, "model": model,
                                           "choices": [choice]}) + "\n\n"
 
-        if chat:
-            yield chunk(None, first=True)
-        words = text.split(" ")
-        for index, word in enumerate(words):
-            if self.stream_error_after is not None and index >= self.stream_error_after:
-                error = {"object": "error", "message": "The engine died.", "type": "InternalServerError",
-                         "param": None, "code": 500}
-                yield "data: " + json.dumps(error) + "\n\n"
-                yield "data: [DONE]\n\n"
-                return
-            yield chunk(word if index == 0 else " " + word)
-        yield chunk(None, "stop")
-        yield "data: [DONE]\n\n"
+        finished = False
+        try:
+            if chat:
+                yield chunk(None, first=True)
+            for index, word in enumerate(text.split(" ")):
+                if self.stream_error_after is not None and index >= self.stream_error_after:
+                    error = {"object": "error", "message": "The engine died.", "type": "InternalServerError",
+                             "param": None, "code": 500}
+                    yield "data: " + json.dumps(error) + "\n\n"
+                    break
+                if self.word_delay:
+                    await asyncio.sleep(self.word_delay)
+                yield chunk(word if index == 0 else " " + word)
+            else:
+                yield chunk(None, "stop")
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            if not finished:  # vLLM aborts the request when its client disconnects
+                self.abandoned += 1
 
     async def load_lora(self, request: Request) -> Response:
         body, early = await self._prelude(request)

@@ -233,6 +233,20 @@ def test_error_in_the_middle_of_a_stream(upstream, fake, engine_for):
         assert engine.generate("again", adapter="dates") == "dates says: again"  # the engine is usable
 
 
+def test_closing_a_stream_early_disconnects_from_the_upstream(upstream, fake, engine_for):
+    with engine_for(upstream.url) as engine:
+        fake.word_delay = 0.1
+        stream = engine.stream(" ".join(["word"] * 30), adapter="dates")
+        assert next(stream) == "dates"
+        stream.close()
+        deadline = time.monotonic() + 5
+        while fake.abandoned == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.abandoned == 1
+        fake.word_delay = 0.0
+        assert engine.generate("next", adapter="dates") == "dates says: next"  # the engine is free again
+
+
 def test_slow_upstream_times_out(upstream, fake, engine_for):
     with engine_for(upstream.url, timeout=0.3) as engine:
         fake.delay = 1.5

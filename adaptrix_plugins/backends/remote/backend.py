@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +190,13 @@ class RemoteBackend:
         """Yield the answer's text pieces from the upstream's server-sent events."""
         client = self._require()
         body = self._body(prompt, params, templated, adapter, True)
-        for event in client.post_stream(_endpoint(templated), body):
-            self._note_answer(event)
-            for choice in event.get("choices") or ():
-                piece = (choice.get("delta") or {}).get("content") if templated else choice.get("text")
-                if piece:
-                    yield piece
+        with closing(client.post_stream(_endpoint(templated), body)) as events:  # closed early: the upstream stops
+            for event in events:
+                self._note_answer(event)
+                for choice in event.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content") if templated else choice.get("text")
+                    if piece:
+                        yield piece
 
     def _body(self, prompt: str, params: SamplingParams, templated: bool, target: str | None, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self._model_for(target)}
