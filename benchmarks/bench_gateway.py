@@ -108,30 +108,38 @@ def write_documents(folder: Path, count: int, rng: random.Random) -> None:
         (folder / f"page-{index:03d}.txt").write_text(" ".join(lines))
 
 
-def make_engine(url: str, store: Path, index: Path, router: str, cached_cards: bool = False,
-                prompt_sentences: int | None = None):
+def make_engine(url: str, store: Path, index: Path, router: str):
     from adaptrix_core import ModularAdaptrixEngine
 
-    config = {"router": {"top_k": 1}, "rag": {"data_dir": str(index), "prompt_sentences": prompt_sentences},
+    config = {"router": {"top_k": 1}, "rag": {"data_dir": str(index), "prompt_sentences": None},
               "plugins": {"remote": {"retries": 0, "models_ttl": 3600}}}
     engine = ModularAdaptrixEngine(url, backend="remote", adapters_dir=str(store), router=router, config=config)
     engine.initialize()
-    if cached_cards:
-        cache_candidates(engine.routing, ttl=1.0)
     return engine
 
 
-def cache_candidates(service: Any, ttl: float) -> None:
-    """The proposed RouterService change: re-check the store's files at most every ``ttl`` seconds."""
-    original, state = service.candidates, {"at": float("-inf"), "cards": None}
+class CardsCache:
+    """The proposed RouterService change: re-check the store's files at most every ``ttl`` seconds.
 
-    def candidates():
+    ``use(on)`` puts the cached ``candidates`` on the engine's RouterService, or takes it off again.
+    """
+
+    def __init__(self, service: Any, ttl: float = 1.0):
+        self.service, self.ttl = service, ttl
+        self.original = type(service).candidates.__get__(service)
+        self.at, self.cards = float("-inf"), None
+
+    def candidates(self):
         now = time.monotonic()
-        if state["cards"] is None or now - state["at"] > ttl:
-            state["cards"], state["at"] = original(), now
-        return list(state["cards"])
+        if self.cards is None or now - self.at > self.ttl:
+            self.cards, self.at = self.original(), now
+        return list(self.cards)
 
-    service.candidates = candidates
+    def use(self, on: bool) -> None:
+        if on:
+            self.service.candidates = self.candidates
+        else:
+            self.service.__dict__.pop("candidates", None)
 
 
 def register_remote_backend() -> None:
@@ -193,9 +201,7 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
     semantic.route("warm up")  # the first semantic route embeds every card and calibrates (saved for later)
     calibration_s = time.perf_counter() - started
     print(f"semantic router: embeddings and calibration of {len(cards) + 3} cards in {calibration_s:.1f} s", file=sys.stderr)
-    keyword_cached = make_engine(url, store, index, "keyword", cached_cards=True)
-    semantic_cached = make_engine(url, store, index, "semantic", cached_cards=True)
-    sentences = make_engine(url, store, index, "semantic", cached_cards=True, prompt_sentences=1)
+    caches = {id(engine): CardsCache(engine.routing) for engine in (keyword, semantic)}
     prompts = [(card["examples"][0], card["name"]) for card in rng.sample(cards, min(50, len(cards)))]
     accuracy = {name: sum(engine.route(p).selected.keys() == {n} for p, n in prompts) / len(prompts)
                 for name, engine in (("keyword", keyword), ("semantic", semantic))}
@@ -213,19 +219,21 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
                 "temperature": 0.7, "top_p": 0.9, "stream": False}
         return timed(lambda: http.post(f"{url}/chat/completions", json=body).raise_for_status())
 
-    def gateway(engine, auto: bool = True, rag: bool = False):
+    def gateway(engine, auto: bool = True, rag: bool = False, cached: bool = False, sentences: int | None = None):
         def side() -> dict[str, float]:
             prompt, name = current()
+            caches[id(engine)].use(cached)
+            engine.config.rag.prompt_sentences = sentences
             return timed(lambda: engine.query(prompt, adapter="auto" if auto else name, use_rag=rag, max_new_tokens=16))
         return side
 
     sides = [harness.Side("direct", direct), harness.Side("named", gateway(keyword, auto=False)),
              harness.Side("keyword", gateway(keyword)), harness.Side("semantic", gateway(semantic)),
-             harness.Side("keyword cached", gateway(keyword_cached)),
-             harness.Side("semantic cached", gateway(semantic_cached)),
-             harness.Side("keyword+rag cached", gateway(keyword_cached, rag=True)),
-             harness.Side("semantic+rag cached", gateway(semantic_cached, rag=True)),
-             harness.Side("semantic+rag cached, 1 sentence", gateway(sentences, rag=True))]
+             harness.Side("keyword cached", gateway(keyword, cached=True)),
+             harness.Side("semantic cached", gateway(semantic, cached=True)),
+             harness.Side("keyword+rag cached", gateway(keyword, rag=True, cached=True)),
+             harness.Side("semantic+rag cached", gateway(semantic, rag=True, cached=True)),
+             harness.Side("semantic+rag cached, 1 sentence", gateway(semantic, rag=True, cached=True, sentences=1))]
     for side in sides:
         side.run()  # warm-up: connections, embeddings, caches
     rounds = harness.interleaved_rounds(sides, args.rounds, contention_threshold=args.contention_threshold,
@@ -243,6 +251,8 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
     harness.print_table(f"Gateway overhead per request, {len(cards) + 3} adapters in the store (direct p50 "
                         f"{direct_ms['p50']:.2f} ms)", ("side", "latency p50 ms", "overhead p50 ms", "overhead p95 ms",
                                                         f"<= {args.target_ms:g} ms"), rows)
+    for cache in caches.values():
+        cache.use(False)
     prompt, candidates = prompts[0][0], keyword.routing.candidates()
     parts = {
         "store check (RouterService.candidates)": p50_ms(keyword.routing.candidates, args.probe),
@@ -265,7 +275,7 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
         "semantic_calibration_s": round(calibration_s, 2), "routing_accuracy": accuracy, "notes": notes,
         "runs": rounds.runs,
     })
-    for engine in (keyword, semantic, keyword_cached, semantic_cached, sentences):
+    for engine in (keyword, semantic):
         engine.cleanup()
     return 0
 
