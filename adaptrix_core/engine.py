@@ -120,7 +120,8 @@ class ModularAdaptrixEngine:
                 backend.configure(self.config.plugins.get(name, {}))
             description = backend.load(source, self.config.model, self.config.resolved_cache_dir())
             family = detect_family(registry.families, description.model_type, description.architectures,
-                                   source.canonical_id, forced=self.config.model.family)
+                                   description.extra.get("base_model") or source.canonical_id,
+                                   forced=self.config.model.family)
             backend.bind_family(family)
             self._loaded = LoadedModel(backend, family, description, source, self.model_id)
             return self

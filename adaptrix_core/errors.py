@@ -7,6 +7,8 @@ one, the fix.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AdaptrixError(Exception):
     """Base class of every error Adaptrix raises on purpose."""
@@ -174,3 +176,26 @@ class MonitoringError(AdaptrixError, ValueError):
 
 class OptionalDependencyError(AdaptrixError, ImportError):
     """A feature needs an optional extra that is not installed; the message names the pip command."""
+
+
+class RemoteBackendError(AdaptrixError, RuntimeError):
+    """A remote model server (vLLM or any OpenAI-compatible server, ``backend="remote"``) refused a request.
+
+    ``status`` is the upstream's HTTP status (None when no answer came), ``upstream_message`` the
+    message of its error body, ``error_type`` and ``code`` its error ``type`` and ``code`` fields, and
+    ``url`` the request's URL. The message names the URL, the status and the upstream's own words.
+    """
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None, upstream_message: str = "",
+                 error_type: str | None = None, code: Any = None):
+        self.url = url
+        self.status = status
+        self.upstream_message = upstream_message
+        self.error_type = error_type
+        self.code = code
+        super().__init__(message)
+
+
+class UpstreamUnavailableError(RemoteBackendError):
+    """The remote model server could not be reached (refused, unknown host, timed out) or stayed
+    overloaded (429 / 503) through every retry."""

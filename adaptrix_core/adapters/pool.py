@@ -85,7 +85,10 @@ class AdapterPool:
         return self._model().backend
 
     def _check_fits(self, name: str, meta: AdapterMetadata, config: Mapping[str, Any], weights_file: Path | None = None):
-        self._adapter_backend()
+        backend = self._adapter_backend()
+        check = getattr(backend, "check_adapter", None)  # a backend without a module tree checks itself
+        if check is not None:
+            return check(name, meta, config)
         return self.checker.check_fits(name, meta, config, weights_file)
 
     def is_loaded(self, name: str) -> bool:
@@ -198,6 +201,11 @@ class AdapterPool:
 
     def _ensure_loaded(self, name: str, pinned: Sequence[str]) -> LoadedAdapter:
         backend = self._adapter_backend()
+        if name not in self._loaded and getattr(backend, "serves_adapter", lambda _: False)(name):
+            # A remote server's own model (adaptrix_plugins/backends/remote): nothing to copy or inject.
+            stored = (self.adapter_manager.directory / name / "adapter_config.json").is_file()
+            meta = self.adapter_manager.metadata(name) if stored else None
+            self._loaded[name] = LoadedAdapter(name, "served", 0, meta)
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return self._loaded[name]

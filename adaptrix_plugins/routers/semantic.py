@@ -2,7 +2,8 @@
 
 An adapter's score is the mean of its three best cosine similarities (all-MiniLM-L6-v2 embeddings)
 over its description and example prompts (and their sentences, see ``routing.prompt_views``).
-Embeddings are cached per adapter and recomputed when its metadata changes. ``fit`` calibrates one
+Embeddings are cached per adapter and recomputed when its metadata changes; the scoring of a
+whole candidate set is one matrix product (see ``_Stacked``). ``fit`` calibrates one
 threshold per adapter from labelled prompts: just above the 99th percentile of the scores that
 prompts of other labels (other adapters, off-topic) get, so about 1% of them would be misrouted to
 it. Thresholds are saved as JSON in the router state folder; with no saved calibration for the
@@ -12,7 +13,8 @@ Adaptrix's off-topic prompts.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from adaptrix_core import hookimpl
 from adaptrix_core.config import RouterSettings
@@ -37,7 +39,12 @@ MARGIN = 0.02
 
 
 class SemanticRouter:
-    """Scores adapters by embedding similarity; thresholds calibrated per adapter."""
+    """Scores adapters by embedding similarity; thresholds calibrated per adapter.
+
+    Scoring is one matrix product of the prompt's embedding with every text of every candidate,
+    stacked once per candidate set (and reused while the engine hands over the same cards), so a
+    store of thousands of adapters costs about a millisecond besides embedding the prompt.
+    """
 
     name = "semantic"
 
@@ -46,6 +53,7 @@ class SemanticRouter:
         self.resources = resources
         self._vectors: dict[str, tuple[str, Any, tuple[str, ...]]] = {}
         self._saved: dict[str, Any] | None = None
+        self._stacked: _Stacked | None = None
 
     @property
     def state_file(self):
@@ -59,23 +67,26 @@ class SemanticRouter:
             self._vectors[card.name] = cached
         return cached[1], cached[2]
 
+    def _stack(self, candidates: Sequence[AdapterCard]) -> _Stacked:
+        stacked = self._stacked
+        if stacked is not None and stacked.holds(candidates):
+            return stacked
+        parts = [self._card_vectors(card) for card in candidates]
+        self._stacked = _Stacked(tuple(candidates), parts)
+        return self._stacked
+
     def _scores(self, vectors, candidates: Sequence[AdapterCard], exclude: Sequence[str | None] = ()):
         """(prompts x candidates) scores; ``exclude[i]`` is a text left out of every card for prompt i."""
-        import numpy as np
-
-        scores = np.zeros((vectors.shape[0], len(candidates)), dtype=np.float32)
-        for column, card in enumerate(candidates):
-            card_vectors, texts = self._card_vectors(card)
-            similarity = vectors @ card_vectors.T
-            for row, text in enumerate(exclude):
-                if text is not None:
-                    similarity[row, [i for i, t in enumerate(texts) if t == text]] = -1.0
-            top = np.sort(similarity, axis=1)[:, -min(TOP, similarity.shape[1]):]
-            scores[:, column] = np.clip(top.mean(axis=1), 0.0, 1.0)
-        return scores
+        return self._stack(candidates).scores(vectors, exclude)
 
     def thresholds(self, candidates: Sequence[AdapterCard]) -> dict[str, float]:
         """Calibrated thresholds where the saved calibration matches the adapter, else the default."""
+        stacked = self._stack(candidates)
+        if stacked.thresholds is None or stacked.thresholds[0] is not self._state:
+            stacked.thresholds = (self._state, self._compute_thresholds(candidates))
+        return dict(stacked.thresholds[1])
+
+    def _compute_thresholds(self, candidates: Sequence[AdapterCard]) -> dict[str, float]:
         thresholds = default_thresholds(candidates, DEFAULT_THRESHOLD, self.settings)
         if self.settings.threshold is None:
             state = self._state or {}
@@ -92,11 +103,12 @@ class SemanticRouter:
         return self._saved
 
     def route(self, prompt: str, candidates: Sequence[AdapterCard]) -> RoutingDecision:
-        if self.settings.threshold is None and (self._state or {}).get("candidates") != candidates_fingerprint(candidates):
+        stacked = self._stack(candidates)
+        if self.settings.threshold is None and (self._state or {}).get("candidates") != stacked.fingerprint:
             self.fit(labelled_examples(candidates, off_topic_prompts()), candidates)  # first use, or adapters changed
         vector = self.resources.embedder.encode([prompt])
-        row = self._scores(vector, candidates)[0]
-        scores = {card.name: float(score) for card, score in zip(candidates, row)}
+        row = stacked.scores(vector)[0]
+        scores = dict(zip(stacked.names, row.tolist()))
         return select(self.name, scores, self.thresholds(candidates), self.settings)
 
     def fit(self, examples: Sequence[tuple[str, str]], candidates: Sequence[AdapterCard]) -> dict[str, Any]:
@@ -104,16 +116,68 @@ class SemanticRouter:
         import numpy as np
 
         prompts = [prompt for prompt, _ in examples]
+        labels = np.array([label for _, label in examples], dtype=object)
         scores = self._scores(self.resources.embedder.encode(prompts), candidates, exclude=prompts)
         thresholds = {}
         for column, card in enumerate(candidates):
-            negatives = [score for score, (_, label) in zip(scores[:, column], examples) if label != card.name]
-            cut = float(np.quantile(negatives, NEGATIVE_QUANTILE)) + MARGIN if negatives else DEFAULT_THRESHOLD
+            negatives = scores[labels != card.name, column]
+            cut = float(np.quantile(negatives, NEGATIVE_QUANTILE)) + MARGIN if negatives.size else DEFAULT_THRESHOLD
             thresholds[card.name] = round(min(0.9, max(0.15, cut)), 4)
         self._saved = {"thresholds": thresholds, "fingerprints": {c.name: c.fingerprint for c in candidates},
                        "candidates": candidates_fingerprint(candidates), "examples": len(examples)}
         write_state(self.state_file, self._saved)
         return {"router": self.name, "thresholds": thresholds, "examples": len(examples)}
+
+
+class _Stacked:
+    """Every text vector of a candidate set in one matrix, with the rows of each card in a padded table."""
+
+    PAD = -2.0  # below any cosine similarity
+    CHUNK = 256  # prompts scored at once (bounds memory while fitting on thousands of examples)
+
+    def __init__(self, cards: tuple[AdapterCard, ...], parts: list[tuple[Any, tuple[str, ...]]]):
+        import numpy as np
+
+        self.cards = cards
+        self.names = [card.name for card in cards]
+        self.fingerprint = candidates_fingerprint(cards)
+        self.thresholds: tuple[Any, dict[str, float]] | None = None
+        dimension = next((vectors.shape[1] for vectors, _ in parts if len(vectors)), 1)
+        self.matrix = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1, dimension) for v, _ in parts]
+                                     + [np.zeros((1, dimension), np.float32)])
+        width = max([len(texts) for _, texts in parts] + [1])
+        pad_row = self.matrix.shape[0] - 1  # a zero row whose score is replaced by PAD
+        self.slots = np.full((len(parts), width), pad_row, dtype=np.int64)
+        self.rows_of_text: dict[str, list[int]] = {}
+        start = 0
+        for column, (_, texts) in enumerate(parts):
+            self.slots[column, :len(texts)] = np.arange(start, start + len(texts))
+            for offset, text in enumerate(texts):
+                self.rows_of_text.setdefault(text, []).append(start + offset)
+            start += len(texts)
+        self.pad_row = pad_row
+        self.top = np.minimum(TOP, np.array([max(1, len(texts)) for _, texts in parts], dtype=np.int64))
+
+    def holds(self, cards: Sequence[AdapterCard]) -> bool:
+        """True for the very card objects this stack was built from (the engine reuses them while unchanged)."""
+        return len(cards) == len(self.cards) and all(a is b for a, b in zip(cards, self.cards))
+
+    def scores(self, vectors, exclude: Sequence[str | None] = ()):
+        import numpy as np
+
+        out = np.zeros((vectors.shape[0], len(self.cards)), dtype=np.float32)
+        for begin in range(0, vectors.shape[0], self.CHUNK):
+            block = vectors[begin:begin + self.CHUNK]
+            similarity = block @ self.matrix.T
+            similarity[:, self.pad_row] = self.PAD
+            for row, text in enumerate(exclude[begin:begin + self.CHUNK]):
+                if text is not None and text in self.rows_of_text:
+                    similarity[row, self.rows_of_text[text]] = -1.0
+            best = -np.sort(-similarity[:, self.slots], axis=2)  # per card, best first
+            sums = np.cumsum(best, axis=2)
+            picked = np.take_along_axis(sums, (self.top - 1)[None, :, None], axis=2)[:, :, 0]
+            out[begin:begin + len(block)] = np.clip(picked / self.top[None, :], 0.0, 1.0)
+        return out
 
 
 @hookimpl

@@ -72,6 +72,9 @@ class HFBackend:
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, source: ModelSource, settings: ModelSettings, cache_dir: Path) -> ModelDescription:
+        if source.kind == "url":
+            raise ModelLoadError(f"{source.model_id!r} is a server URL: serve it with backend='remote' (the hf "
+                                 "backend loads model files on this machine).")
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
