@@ -17,19 +17,20 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from adaptrix_core.adapters.metadata import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
-from adaptrix_core.adapters.store import AdapterManager, check_peft_folder
 from adaptrix_core.adapters.checks import DERIVED_FIELDS, AdapterChecker
 from adaptrix_core.adapters.choice import ACTIVE, AdapterChoice, composition_name, parse_adapter_spec  # noqa: F401
+from adaptrix_core.adapters.metadata import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
+from adaptrix_core.adapters.store import AdapterManager, check_peft_folder
+from adaptrix_core.capabilities import has_capability, require_capability
 from adaptrix_core.config import AdapterSettings
 from adaptrix_core.errors import (
     AdapterError,
     AdapterExistsError,
     AdapterNotFoundError,
+    BackendCapabilityError,
 )
 from adaptrix_core.models.layers import resolve_layers, resolve_targets
 from adaptrix_core.models.loaded import LoadedModel
-from adaptrix_core.capabilities import require_capability
 from adaptrix_core.protocols import AdapterBackend, Capability, RoutingDecision
 
 
@@ -266,7 +267,11 @@ class AdapterPool:
         if mix in self._loaded:
             self._loaded.move_to_end(mix)
         else:
-            size = self._adapter_backend(Capability.LORA_COMPOSITION).compose_lora(mix, weights)
+            backend = self._adapter_backend()
+            if not has_capability(backend, Capability.LORA_COMPOSITION):
+                raise BackendCapabilityError(backend.name, f"weighted adapter mixes ({mix})",
+                                             "Use one adapter per request (with adapter='auto', set router.top_k: 1).")
+            size = backend.compose_lora(mix, weights)
             self._loaded[mix] = LoadedAdapter(mix, "composed", size, parts=dict(weights))
             self._evict(keep=keep + (mix,))
         return AdapterChoice(mix, weights, routing)
