@@ -289,7 +289,7 @@ def main() -> None:
     cli(prog_name="adaptrix")
 
 
-from adaptrix_core import cli_adapters, cli_index, cli_router  # noqa: E402,F401  (register their commands on ``cli``)
+from adaptrix_core import cli_adapters, cli_export, cli_index, cli_router  # noqa: E402,F401  (register their commands on ``cli``)
 
 
 if __name__ == "__main__":

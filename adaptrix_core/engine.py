@@ -103,6 +103,8 @@ class ModularAdaptrixEngine(AdapterServingMixin, TrainingMixin, RagMixin):
             backend = registry.backends[name]()
             if not isinstance(backend, BaseModelInterface):
                 raise PluginError(f"Backend {name!r} does not implement BaseModelInterface.")
+            if callable(getattr(backend, "configure", None)):  # optional: a backend reads its plugins.<name> settings
+                backend.configure(self.config)
             description = backend.load(source, self.config.model, self.config.resolved_cache_dir())
             family = detect_family(
                 registry.families, description.model_type, description.architectures,

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from adaptrix_core.adapter_meta import WEIGHTS_FILE, AdapterMetadata, check_adapter_name
 from adaptrix_core.adapter_store import AdapterManager
+from adaptrix_core.capabilities import require_capability
 from adaptrix_core.compatibility import check_compatibility
 from adaptrix_core.errors import (
     AdapterError,
@@ -23,7 +24,7 @@ from adaptrix_core.errors import (
     InvalidGenerationParameterError,
 )
 from adaptrix_core.layers import resolve_layers, resolve_targets
-from adaptrix_core.protocols import AdapterBackend
+from adaptrix_core.protocols import AdapterBackend, Capability
 
 ACTIVE = object()  # the ``adapter`` argument was not given: use the active adapters
 
@@ -262,6 +263,7 @@ class AdapterServingMixin:
         if mix in self._loaded:
             self._loaded.move_to_end(mix)
         else:
+            require_capability(self._backend, Capability.LORA_COMPOSITION, "Use one adapter per request.")
             size = self._backend.compose_lora(mix, weights)
             self._loaded[mix] = LoadedAdapter(mix, "composed", size, parts=dict(weights))
             self._evict(keep=keep + (mix,))
@@ -277,6 +279,7 @@ class AdapterServingMixin:
         """
         with self._lock:
             backend = self._adapter_backend()
+            require_capability(backend, Capability.TRAINING, "A new adapter is made for training; create and train it with backend='hf'.")
             check_adapter_name(name)
             if name in self._loaded:
                 raise AdapterError(f"Adapter {name!r} is already loaded; unload it or pick another name.")

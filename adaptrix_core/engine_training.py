@@ -7,11 +7,14 @@ import random
 from typing import Any, Callable, Iterable, Sequence
 
 from adaptrix_core.adapter_meta import AdapterMetadata, RoutingHints, check_adapter_name
+from adaptrix_core.capabilities import require_capability
 from adaptrix_core.errors import AdapterExistsError, TrainingDataError
 from adaptrix_core.metrics import metric_for
+from adaptrix_core.protocols import Capability
 from adaptrix_core.training_data import Example, load_examples, split_examples
 
 Progress = Callable[[int, int, float], None]
+TRAIN_ELSEWHERE = "Train adapters with backend='hf'; the saved adapter can then be served by this backend."
 
 
 class TrainingMixin:
@@ -60,6 +63,7 @@ class TrainingMixin:
         base model and by the adapter; both scores go into ``performance_metrics``.
         """
         check_adapter_name(name)
+        require_capability(self._ready(), Capability.TRAINING, TRAIN_ELSEWHERE)
         if self.adapter_manager.path(name).exists() and not overwrite:
             raise AdapterExistsError(f"Adapter {name!r} already exists in the store; pass overwrite=True to retrain it.")
         if not isinstance(epochs, int) or epochs < 1 or not isinstance(batch_size, int) or batch_size < 1:
