@@ -44,9 +44,8 @@ def ensure_onnx_plugin() -> None:
 
 def build_llama64(folder: Path) -> Path:
     """A 2-block Llama with head size 16 (the smallest GQA accepts) and the tiny models' tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     import tiny_models
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_models.build_tokenizer("llama")
     config = LlamaConfig(**{**tiny_models._decoder(tokenizer), "hidden_size": 64, "num_attention_heads": 4,
@@ -248,12 +247,19 @@ def test_second_engine_reuses_the_build_and_the_converted_adapters(pair, setup):
     assert digest(setup["store"]) == store_before  # nothing written into the adapter folders
 
 
-def test_int4_build_is_a_separate_cache_entry(setup, pair):
+def test_int4_serves_adapters_from_an_int8_graph(setup, pair):
     with onnx_engine(setup, precision="int4") as quantized:
         info = quantized.get_model_info()
-        assert info["precision"] == "int4" and info["dtype"] == "int4"
-        assert info["onnx_path"] != pair[0].get_model_info()["onnx_path"]
+        assert (info["precision"], info["adapter_precision"], info["dtype"]) == ("int4", "int8", "int4")
+        assert len({info["onnx_path"], info["onnx_adapter_path"], pair[0].get_model_info()["onnx_path"]}) == 3
         assert quantized.query(PROMPTS[0], adapter="alpha", **GREEDY).completion_tokens > 0
+        assert quantized.generate_batch(PROMPTS, adapters=[None, "alpha", None], **GREEDY)[1] == \
+            quantized.generate(PROMPTS[1], adapter="alpha", **GREEDY)
+        assert quantized.backend.memory_report()["adapters"] > 0
+    with onnx_engine(setup, precision="int4", adapter_precision="int4") as single:
+        info = single.get_model_info()
+        assert info["adapter_precision"] == "int4" and info["onnx_path"] == info["onnx_adapter_path"]
+        assert single.query(PROMPTS[0], adapter="alpha", **GREEDY).completion_tokens > 0
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -278,3 +284,20 @@ def test_cli_backend_onnx_and_export(setup, pair, tmp_path):
     result = CliRunner().invoke(cli, ["train", "--name", "x", "--data", str(data), "--backend", "onnx", "--json", *common])
     assert result.exit_code == 1 and json.loads(result.stdout)["error"]["type"] == "BackendCapabilityError"
     assert "training" in result.stderr
+
+
+# -- the real default model ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_default_model_fp32_identical_to_hf(default_engine):
+    """fp32 ONNX answers equal the hf backend's, base and with the demo adapter ``dates``."""
+    ensure_onnx_plugin()
+    prompts = ["What is the capital of France?", "Name three colors.",
+               "Convert this date to ISO format (YYYY-MM-DD): January 17th, 2043",
+               "Convert this date to ISO format (YYYY-MM-DD): November 19, 2049"]
+    with ModularAdaptrixEngine(backend="onnx", config={"plugins": {"onnx": {"precision": "fp32"}}}) as onnx:
+        assert onnx.get_model_info()["lora_slots"] == "q_proj, v_proj in blocks 10-19"
+        for adapter in (None, "dates"):
+            ours = onnx.generate_batch(prompts, adapter=adapter, temperature=0, max_new_tokens=32)
+            assert ours == [default_engine.generate(p, adapter=adapter, temperature=0, max_new_tokens=32) for p in prompts]
+        assert onnx.generate(prompts[2], adapter="dates", temperature=0, max_new_tokens=16) == "2043-01-17"

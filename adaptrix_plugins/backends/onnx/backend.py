@@ -10,7 +10,6 @@ a batch that mixes adapters runs as one batch per adapter. Training is not suppo
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from adaptrix_core.config import ModelSettings
 from adaptrix_core.errors import (
+    AdapterIncompatibleError,
     BackendCapabilityError,
     ConfigError,
     ContextOverflowError,
@@ -29,20 +29,14 @@ from adaptrix_core.families import ModelFamily
 from adaptrix_core.model_source import ModelSource
 from adaptrix_core.protocols import Capability
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
-from adaptrix_plugins.backends.onnx import build, lora
+from adaptrix_plugins.backends.onnx import lora
 from adaptrix_plugins.backends.onnx.adapters import OnnxAdapters
-from adaptrix_plugins.backends.onnx.decoding import PAD_ID, Decoder
+from adaptrix_plugins.backends.onnx.build import read_json
+from adaptrix_plugins.backends.onnx.graphs import Graph, open_graph
 from adaptrix_plugins.backends.onnx.settings import OnnxSettings, read_settings
 from adaptrix_plugins.backends.onnx.slots import resolve_slots
 
 _TRAINING_HINT = "Train with backend='hf' (the adapter is saved to the store), then serve it here."
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"Could not read {str(path)!r}: {exc}") from None
 
 
 def weight_shapes(folder: Path) -> tuple[dict[str, tuple[int, int]], int]:
@@ -82,13 +76,10 @@ class OnnxBackend:
         self._config: dict[str, Any] = {}
         self._shapes: dict[str, tuple[int, int]] = {}
         self._description: ModelDescription | None = None
-        self.model_dir: Path | None = None
         self.slots: list[str] = []
         self.end_ids: list[int] = []
-        self._model: Any = None
-        self._decoder: Decoder | None = None
-        self.adapters: OnnxAdapters | None = None
-        self._context_length = 0
+        self._base: Graph | None = None  # serves requests without an adapter
+        self._adapted: Graph | None = None  # serves requests with one (the same graph when precisions agree)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def configure(self, config: Any) -> None:
@@ -109,7 +100,7 @@ class OnnxBackend:
             from adaptrix_plugins.backends.hf_loading import safetensors_folder
 
             folder = safetensors_folder(source, cache_dir)
-        self._config = _read_json(folder / "config.json")
+        self._config = read_json(folder / "config.json")
         if not self._config:
             raise ModelLoadError(f"{str(folder)!r} has no config.json; the onnx backend needs a Hugging Face model folder.")
         self._shapes, parameters = weight_shapes(folder)
@@ -138,52 +129,52 @@ class OnnxBackend:
         return self._description
 
     def bind_family(self, family: ModelFamily) -> None:
-        """Work out the LoRA slots, build the graph (or reuse the cached one) and open it."""
+        """Work out the LoRA slots, build the graph(s) (or reuse the cached ones) and open them."""
         self._require_tokenizer()
         self.end_ids = self._end_ids(family)
         self.slots = resolve_slots(self.settings, family, self._description.num_layers, self._shapes, self._store)
         progress = self.progress or _default_progress()
-        self.model_dir, built = build.ensure_built(
-            self._folder, self._cache_dir, self.settings.precision, self.slots, self._shapes,
-            self._description.num_layers, progress, self.settings.build_threads)
-        self._open(self.model_dir)
-        manifest = build.read_manifest(self.model_dir)
+        base, adapted = self.settings.precision, self.settings.adapted_precision
+        common = {"model_folder": self._folder, "cache_dir": self._cache_dir, "shapes": self._shapes,
+                  "num_layers": self._description.num_layers, "end_ids": self.end_ids, "decode": self._decode,
+                  "threads": self.settings.threads, "build_threads": self.settings.build_threads}
+        if adapted == base or not self.slots:
+            self._base = self._adapted = open_graph(base, self.slots, progress=_staged(progress, base), **common)
+        else:  # only the graph that serves adapters needs LoRA inputs (and the unfused q/k/v they take)
+            self._base = open_graph(base, [], progress=_staged(progress, base), **common)
+            self._adapted = open_graph(adapted, self.slots, progress=_staged(progress, adapted), **common)
+        graphs = self._graphs()
         self._description.extra.update({
-            "onnx_path": str(self.model_dir), "onnx_build": "built" if built else "cached",
-            "onnx_build_seconds": manifest.get("build_seconds"), "lora_slots": lora.describe_slots(self.slots),
-            "onnxruntime_genai": manifest.get("versions", {}).get("onnxruntime-genai"),
+            "precision": base, "adapter_precision": self._adapted.precision,
+            "onnx_path": str(self._base.folder), "onnx_adapter_path": str(self._adapted.folder),
+            "onnx_build": "built" if any(g.built for g in graphs) else "cached",
+            "onnx_build_seconds": sum(g.manifest.get("build_seconds") or 0 for g in graphs),
+            "lora_slots": lora.describe_slots(self.slots),
+            "onnxruntime_genai": self._base.manifest.get("versions", {}).get("onnxruntime-genai"),
         })
 
+    def _graphs(self) -> list[Graph]:
+        return [self._base] if self._adapted is self._base else [self._base, self._adapted]
+
+    @property
+    def adapters(self) -> OnnxAdapters | None:
+        """The adapters loaded into the graph that serves adapted requests (None without LoRA slots)."""
+        return self._adapted.adapters if self._adapted is not None else None
+
     def export(self, family: ModelFamily, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-        """Build (or find) the graph ahead of time; return where it is and what it holds."""
+        """Build (or find) the graph(s) ahead of time; return where they are and what they hold."""
         self.progress = progress
         self.bind_family(family)
-        size = sum(f.stat().st_size for f in self.model_dir.iterdir() if f.is_file())
-        return {"path": str(self.model_dir), "precision": self.settings.precision, "bytes": size,
-                **{k: self._description.extra[k] for k in ("onnx_build", "onnx_build_seconds", "lora_slots")}}
-
-    def _open(self, folder: Path) -> None:
-        import onnxruntime_genai as og
-
-        genai_config = _read_json(folder / "genai_config.json")
-        self._context_length = int(genai_config.get("model", {}).get("context_length") or 0)
-        overlay: dict[str, Any] = {"model": {"pad_token_id": PAD_ID, "eos_token_id": self.end_ids or [PAD_ID]}}
-        if self.settings.threads:
-            overlay["model"]["decoder"] = {"session_options": {"intra_op_num_threads": self.settings.threads}}
-        try:
-            config = og.Config(str(folder))
-            config.overlay(json.dumps(overlay))
-            self._model = og.Model(config)
-        except Exception as exc:  # genai raises plain RuntimeErrors
-            raise ModelLoadError(f"onnxruntime-genai could not open the ONNX model in {str(folder)!r}: {exc}. "
-                                 "Delete that folder to rebuild it.") from exc
-        self.adapters = OnnxAdapters(og, self._model, self._cache_dir / "onnx" / "adapters", self.slots)
-        self._decoder = Decoder(og, self._model, self.adapters.handle, self.end_ids, self._decode)
+        size = sum(sum(f.stat().st_size for f in g.folder.iterdir() if f.is_file()) for g in self._graphs())
+        extra = self._description.extra
+        return {"path": extra["onnx_path"], "adapter_path": extra["onnx_adapter_path"], "precision": extra["precision"],
+                "adapter_precision": extra["adapter_precision"], "bytes": size,
+                **{k: extra[k] for k in ("onnx_build", "onnx_build_seconds", "lora_slots")}}
 
     def _end_ids(self, family: ModelFamily) -> list[int]:
         """EOS of the generation config and tokenizer plus the family's end-of-turn tokens (as in ``hf``)."""
         ids: list[int] = []
-        generation = _read_json(self._folder / "generation_config.json").get("eos_token_id")
+        generation = read_json(self._folder / "generation_config.json").get("eos_token_id")
         for value in (generation, self._config.get("eos_token_id"), self.tokenizer.eos_token_id):
             ids.extend(value if isinstance(value, list) else [value] if value is not None else [])
         vocab = self.tokenizer.get_vocab()
@@ -191,15 +182,13 @@ class OnnxBackend:
         return [int(i) for i in dict.fromkeys(ids)]
 
     def memory_report(self) -> dict[str, int]:
-        """Bytes of the graph's weight files and of the loaded adapters' matrices."""
+        """Bytes of the graphs' weight files and of the loaded adapters' matrices."""
         self._require_model()
-        weights = sum(f.stat().st_size for f in self.model_dir.glob("model.onnx*") if f.is_file())
-        return {"weights": weights, "adapters": self.adapters.total_bytes()}
+        adapters = self.adapters.total_bytes() if self.adapters is not None else 0
+        return {"weights": sum(g.weight_bytes() for g in self._graphs()), "adapters": adapters}
 
     def close(self) -> None:
-        self._decoder = None
-        self.adapters = None
-        self._model = None
+        self._base = self._adapted = None
         self.tokenizer = None
 
     def _require_tokenizer(self) -> None:
@@ -207,8 +196,17 @@ class OnnxBackend:
             raise EngineClosedError("The backend has no model loaded (the engine was cleaned up).")
 
     def _require_model(self) -> None:
-        if self._model is None:
+        if self._base is None:
             raise EngineClosedError("The backend has no model loaded (the engine was cleaned up).")
+
+    def _require_adapters(self, name: str) -> OnnxAdapters:
+        self._require_model()
+        if self.adapters is None:
+            raise AdapterIncompatibleError(name, [
+                "The built ONNX graph has no LoRA slots (plugins.onnx.lora_modules is empty). Set "
+                "plugins.onnx.lora_modules / lora_layers, or clear them to take the slots from the store, "
+                "and rebuild with `adaptrix export onnx`."])
+        return self.adapters
 
     # -- text level --------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[Mapping[str, str]], template_kwargs: Mapping[str, Any]) -> str:
@@ -234,20 +232,17 @@ class OnnxBackend:
 
     def inject_lora(self, name: str, config: Mapping[str, Any], weights_file: Path | None = None) -> int:
         """Load adapter ``name`` from a PEFT folder's files (converted once into the cache); return its bytes."""
-        self._require_model()
         if weights_file is None:
             raise BackendCapabilityError(self.name, Capability.TRAINING,
                                          "A fresh adapter needs training; create and train it with backend='hf'.")
-        return self.adapters.add(name, config, weights_file)
+        return self._require_adapters(name).add(name, config, weights_file)
 
     def remove_lora(self, name: str) -> None:
-        self._require_model()
-        self.adapters.remove(name)
+        self._require_adapters(name).remove(name)
 
     def compose_lora(self, name: str, weights: Mapping[str, float]) -> int:
         """Add ``name`` as the weighted mix of loaded adapters (ranks concatenated); return its bytes."""
-        self._require_model()
-        return self.adapters.compose(name, weights)
+        return self._require_adapters(name).compose(name, weights)
 
     def save_lora(self, name: str, folder: Path, base_model: str) -> Path:
         raise BackendCapabilityError(self.name, Capability.TRAINING, _TRAINING_HINT)
@@ -260,29 +255,36 @@ class OnnxBackend:
     def _encode(self, prompts: Sequence[str], templated: bool) -> list[list[int]]:
         return [list(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=not templated).input_ids]
 
-    def _budget(self, params: SamplingParams, longest: int) -> int:
+    def _budget(self, params: SamplingParams, longest: int, graph: Graph) -> int:
         if longest >= params.max_context:
             raise ContextOverflowError(longest, params.max_context)
         budget = min(params.max_new_tokens, params.max_context - longest)
-        if self._context_length:  # the graph's own limit, when the configured window is larger
-            if longest >= self._context_length:
-                raise ContextOverflowError(longest, self._context_length)
-            budget = min(budget, self._context_length - longest)
+        if graph.context_length:  # the graph's own limit, when the configured window is larger
+            if longest >= graph.context_length:
+                raise ContextOverflowError(longest, graph.context_length)
+            budget = min(budget, graph.context_length - longest)
         return budget
+
+    def _route(self, adapter: str | None) -> tuple[Graph, str | None]:
+        """The graph that serves ``adapter`` and the adapter's genai name there."""
+        if adapter is None:
+            return self._base, None
+        return self._adapted, self._require_adapters(adapter).internal(adapter)
 
     def generate(self, prompts: Sequence[str], params: SamplingParams, *, templated: bool,
                  adapters: Sequence[str | None] | None = None) -> list[Completion]:
         self._require_model()
         rows = self._encode(prompts, templated)
-        max_new = self._budget(params, max(len(ids) for ids in rows))
         wanted = list(adapters) if adapters is not None else [None] * len(rows)
         groups: dict[str | None, list[int]] = {}
         for index, adapter in enumerate(wanted):
             groups.setdefault(adapter, []).append(index)
+        longest = max(len(ids) for ids in rows)
         completions: list[Completion | None] = [None] * len(rows)
         for adapter, indices in groups.items():
-            internal = self.adapters.internal(adapter) if adapter is not None else None
-            results = self._decoder.run([rows[i] for i in indices], params, max_new, internal)
+            graph, internal = self._route(adapter)
+            max_new = self._budget(params, longest, graph)  # the whole call's longest prompt, as in hf
+            results = graph.decoder.run([rows[i] for i in indices], params, max_new, internal)
             for index, row in zip(indices, results):
                 completions[index] = Completion(
                     text=self._decode(row.tokens), prompt_tokens=len(rows[index]),
@@ -293,9 +295,15 @@ class OnnxBackend:
     def stream(self, prompt: str, params: SamplingParams, *, templated: bool, adapter: str | None = None) -> Iterator[str]:
         self._require_model()
         ids = self._encode([prompt], templated)[0]
-        max_new = self._budget(params, len(ids))
-        internal = self.adapters.internal(adapter) if adapter is not None else None
-        return self._decoder.stream(ids, params, max_new, internal)
+        graph, internal = self._route(adapter)
+        return graph.decoder.stream(ids, params, self._budget(params, len(ids), graph), internal)
+
+
+def _staged(progress: Callable[[str, int, int], None] | None, precision: str) -> Callable[[str, int, int], None] | None:
+    """Prefix each stage with the graph's precision (two graphs may be built one after the other)."""
+    if progress is None:
+        return None
+    return lambda stage, done, total: progress(f"{precision}: {stage}", done, total)
 
 
 def _default_progress() -> Callable[[str, int, int], None] | None:
@@ -316,4 +324,3 @@ def _default_progress() -> Callable[[str, int, int], None] | None:
             bar.pop("bar").close()
 
     return report
-

@@ -66,10 +66,11 @@ def model_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def build_folder(cache_dir: Path, model_folder: Path, precision: str, slots: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+def build_folder(cache_dir: Path, model_folder: Path, precision: str, slots: Sequence[str],
+                 options: Mapping[str, str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Where the graph for these inputs lives in the cache, and the key fields recorded in its manifest."""
     fields = {"model": model_fingerprint(model_folder), "precision": precision, "slots": sorted(slots),
-              "versions": library_versions(), "format": BUILD_FORMAT}
+              "options": dict(sorted((options or {}).items())), "versions": library_versions(), "format": BUILD_FORMAT}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model_folder.name)[:48]
     return cache_dir / "onnx" / f"{name}-{precision}-{key}", {**fields, "key": key}
@@ -80,19 +81,33 @@ def is_complete(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() and (folder / "model.onnx").is_file() and (folder / "genai_config.json").is_file()
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file of a model or build folder; ``ModelLoadError`` when it is unreadable, {} when absent."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"Could not read {str(path)!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{str(path)!r} does not hold a JSON object.")
+    return data
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a complete build (empty when unreadable)."""
     try:
-        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_json(folder / MANIFEST)
+    except ModelLoadError:
         return {}
 
 
 def ensure_built(model_folder: Path, cache_dir: Path, precision: str, slots: Sequence[str],
                  shapes: Mapping[str, tuple[int, int]], num_layers: int, progress: Progress | None = None,
-                 build_threads: int | None = None) -> tuple[Path, bool]:
-    """The folder of the built graph, building it when the cache has none; returns (folder, built now)."""
-    target, fields = build_folder(cache_dir, model_folder, precision, slots)
+                 build_threads: int | None = None, options: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The folder of the built graph, building it when the cache has none; returns (folder, built now).
+
+    ``options`` are extra options of the model builder (``key=value`` strings, e.g. ``block_size``).
+    """
+    target, fields = build_folder(cache_dir, model_folder, precision, slots, options)
     if is_complete(target):
         return target, False
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +116,7 @@ def ensure_built(model_folder: Path, cache_dir: Path, precision: str, slots: Seq
     started = time.perf_counter()
     try:
         unfuse = any(module.rsplit(".", 1)[-1] in _QKV for module in slots)
-        _run_builder(model_folder, staging, precision, unfuse, num_layers, progress, build_threads)
+        _run_builder(model_folder, staging, precision, unfuse, num_layers, progress, build_threads, options)
         if slots:
             _report(progress, "LoRA slots", num_layers + 2, num_layers + 3)
             add_lora_inputs(staging / "model.onnx", slots, shapes)
@@ -185,14 +200,14 @@ class _BuilderOutput(io.TextIOBase):
 
 
 def _run_builder(model_folder: Path, out: Path, precision: str, unfuse_qkv: bool, num_layers: int,
-                 progress: Progress | None, build_threads: int | None) -> None:
+                 progress: Progress | None, build_threads: int | None, extra: Mapping[str, str] | None = None) -> None:
     """Run ``onnxruntime_genai.models.builder`` in this process with its printing captured."""
     import torch
 
     with _root_logging_kept():
         from onnxruntime_genai.models import builder
 
-    options: dict[str, Any] = {"hf_token": "false"}
+    options: dict[str, Any] = {"hf_token": "false", **(extra or {})}
     if unfuse_qkv:
         options["disable_qkv_fusion"] = "true"  # separate q/k/v MatMuls, so each can take a LoRA update
     output = _BuilderOutput(progress, num_layers, precision)
