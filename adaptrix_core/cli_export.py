@@ -54,6 +54,8 @@ def export_onnx(precision: str | None, model_id, config_path, adapters_dir, as_j
     from rich.table import Table
 
     table = Table(title="ONNX model", show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
     size = info.pop("bytes", None)
     for key, value in info.items():
         table.add_row(key, str(value))
