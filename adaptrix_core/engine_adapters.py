@@ -146,10 +146,11 @@ class AdapterServingMixin:
             info = self._description
             adapters = {name: entry.bytes for name, entry in self._loaded.items()}
             bytes_per_parameter = {"float32": 4, "float16": 2, "bfloat16": 2}.get(info.dtype, 4)
+            weights = self._backend.memory_report().get("weights")  # a quantized backend knows its real size
             return {
                 "adapters": adapters,
                 "total_adapter_bytes": sum(adapters.values()),
-                "base_model_bytes": (info.num_parameters or 0) * bytes_per_parameter,
+                "base_model_bytes": weights if weights else (info.num_parameters or 0) * bytes_per_parameter,
                 "cache_size": self.config.adapters.cache_size,
                 "loaded": self.loaded_adapters(),
                 "active": self.active_adapters(),

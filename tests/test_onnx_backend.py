@@ -187,6 +187,7 @@ def test_model_info_reports_backend_and_precision(pair):
     assert Path(info["onnx_path"], "model.onnx").is_file()
     memory = pair[0].backend.memory_report()
     assert memory["weights"] > 0 and memory["adapters"] > 0
+    assert pair[0].memory_report()["base_model_bytes"] == memory["weights"]
 
 
 # -- what the backend refuses --------------------------------------------------------------------
