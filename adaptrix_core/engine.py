@@ -116,8 +116,8 @@ class ModularAdaptrixEngine:
             backend = factory()
             if not isinstance(backend, BaseModelInterface):
                 raise PluginError(f"Backend {name!r} does not implement BaseModelInterface.")
-            if hasattr(backend, "configure"):  # a backend plugin's own settings (plugins.<name>)
-                backend.configure(self.config.plugins.get(name, {}))
+            if callable(getattr(backend, "configure", None)):  # optional: the backend reads plugins.<name> etc.
+                backend.configure(self.config)
             description = backend.load(source, self.config.model, self.config.resolved_cache_dir())
             family = detect_family(registry.families, description.model_type, description.architectures,
                                    description.extra.get("base_model") or source.canonical_id,

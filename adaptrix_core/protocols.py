@@ -96,6 +96,9 @@ class BaseModelInterface(Protocol):
     def module_names(self) -> list[str]:
         """Dotted names of the model's submodules (empty when the backend has no module tree)."""
 
+    # Optional: ``configure(config: AdaptrixConfig) -> None`` is called before ``load`` when the backend
+    # has it, so that it reads its own ``plugins.<name>`` section (and anything else it needs).
+
     def memory_report(self) -> dict[str, int]:
         """Bytes the backend holds, by kind (e.g. ``{"weights": ..., "adapters": ...}``); may be empty."""
 

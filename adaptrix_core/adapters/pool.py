@@ -187,7 +187,8 @@ class AdapterPool:
             return {
                 "adapters": adapters,
                 "total_adapter_bytes": sum(adapters.values()),
-                "base_model_bytes": (info.num_parameters or 0) * bytes_per_parameter,
+                "base_model_bytes": self._backend.memory_report().get("weights")  # a quantized backend knows it
+                or (info.num_parameters or 0) * bytes_per_parameter,
                 "cache_size": self.settings.cache_size,
                 "loaded": self.loaded_adapters(),
                 "active": self.active_adapters(),

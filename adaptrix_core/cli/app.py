@@ -11,7 +11,7 @@ import logging
 
 import click
 
-from adaptrix_core.cli import adapters, index, monitoring, query, router, serve
+from adaptrix_core.cli import adapters, export, index, monitoring, query, router, serve
 from adaptrix_core.cli.output import AdaptrixGroup, configure, handle_errors
 
 log = logging.getLogger("adaptrix.plugins")
@@ -111,7 +111,7 @@ def plugins(as_json: bool) -> None:
 
 for _command in (query.query, query.info, query.status, plugins, adapters.list_command, adapters.list_adapters_command,
                  adapters.load, adapters.unload, adapters.active, adapters.train, adapters.adapters, index.index,
-                 router.router, serve.serve, monitoring.stats, monitoring.benchmark):
+                 router.router, serve.serve, monitoring.stats, monitoring.benchmark, export.export):
     cli.add_command(_command)
 
 

@@ -162,3 +162,18 @@ def find_layers_path(model: Any, layers_path: str | None, num_layers: int) -> st
         if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers and name:
             return name
     raise ModelLoadError(f"Could not find the list of {num_layers} transformer blocks in {type(model).__name__}.")
+
+
+def safetensors_folder(source: ModelSource, cache_dir: Path) -> Path:
+    """A local folder holding ``source`` as safetensors: the model folder itself, or for a GGUF file
+    its converted copy in the cache (converted now, once, when missing). Used by other backends
+    (the ONNX builder reads this folder)."""
+    if source.gguf_file is None:
+        return source.path
+    converted = _conversion_folder(source, cache_dir)
+    if not (converted / _COMPLETE_MARKER).is_file():
+        load_model_and_tokenizer(source, torch.device("cpu"), torch.float32, cache_dir)
+        if not (converted / _COMPLETE_MARKER).is_file():
+            raise ModelLoadError(f"Could not write the converted copy of {source.model_id!r} into {str(converted)!r}; "
+                                 "check that the cache folder (cache_dir) is writable.")
+    return converted

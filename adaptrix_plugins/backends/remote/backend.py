@@ -77,9 +77,9 @@ class RemoteBackend:
         self._family: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def configure(self, options: Mapping[str, Any]) -> None:
-        """Take ``plugins.remote`` from the configuration (validated: a bad value is a ``ConfigError``)."""
-        self.settings = remote_settings(options)
+    def configure(self, config: Any) -> None:
+        """Take ``plugins.remote`` from the engine's configuration (validated: a bad value is a ``ConfigError``)."""
+        self.settings = remote_settings(config.plugins.get(self.name, {}))
 
     def load(self, source: Any, settings: Any, cache_dir: Path) -> ModelDescription:
         """Connect to the server at ``source.url`` and read its models (``GET /v1/models``).
