@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from adaptrix_core.generation.service import Generator
 from adaptrix_core.models.families import ModelFamily, detect_family
 from adaptrix_core.models.loaded import LoadedModel
 from adaptrix_core.models.source import resolve_model
+from adaptrix_core.monitoring.recorder import failure_fields, request_fields
+from adaptrix_core.monitoring.tracking import RequestTracker
 from adaptrix_core.protocols import BaseModelInterface, RoutingDecision
 from adaptrix_core.rag.service import DocumentIndex
 from adaptrix_core.registry import Registry, collect
@@ -83,13 +86,15 @@ class ModularAdaptrixEngine:
         self._registry: Registry | None = None
         self._closed = False
         config = self.config
+        self.monitor = RequestTracker(config.monitoring, config.resolved_cache_dir(), self.model_id,
+                                      lambda: self._loaded.backend.name if self._loaded else config.model.backend)
         self.adapter_manager = AdapterManager(config.adapters.directory)
         self.routing = RouterService(config.router, self.adapter_manager, self._plugin_registry, self._load_embedder,
                                      config.plugins)
         self.documents = DocumentIndex(config.rag, self._load_embedder, config.router.embedding_model, self._lock)
         self.prompts = PromptBuilder(config.model, config.generation, self._model)
         self.adapters = AdapterPool(config.adapters, self.adapter_manager, self._model, self._lock, self._route_auto,
-                                    busy=lambda: self.requests.busy_adapters())
+                                    busy=lambda: self.requests.busy_adapters(), events=self.monitor.event)
         self.generator = Generator(self.prompts, self.adapters, self.documents, self._model, self._lock)
         self.requests = RequestPlanner(self.prompts, self.adapters, self.documents, self._model, self.generator.result,
                                        self._lock)
@@ -134,6 +139,7 @@ class ModularAdaptrixEngine:
             self._loaded = None
             self._closed = True
             self._history.clear()
+        self.monitor.close()
 
     def __enter__(self) -> ModularAdaptrixEngine:
         return self.initialize()
@@ -228,10 +234,11 @@ class ModularAdaptrixEngine:
         ``min_score``) are put into the prompt as numbered context, and ``QueryResult.sources``
         lists them. Routing (``adapter="auto"``) looks at the question itself.
         """
-        with self._lock:
+        with self._lock, self.monitor.track(prompt) as done:
             use_context = self.use_context_by_default
             history = list(self._history) if use_context else []
             result = self.generator.query(prompt, history, use_rag, top_k, min_score, **gen)
+            done(result)
             if use_context:
                 self._history.extend([{"role": "user", "content": prompt}, {"role": "assistant", "content": result.text}])
             return result
@@ -242,7 +249,10 @@ class ModularAdaptrixEngine:
 
     def chat(self, messages: Sequence[Mapping[str, str]], **gen: Any) -> str:
         """Answer the last user turn of OpenAI-style ``messages`` (engine memory is not used)."""
-        return self.generator.chat(messages, **gen).text
+        with self.monitor.track() as done:
+            result = self.generator.chat(messages, **gen)
+            done(result)
+        return result.text
 
     def generate_batch(self, prompts: Sequence[str], adapters: Sequence[Any] | None = None, **gen: Any) -> list[str]:
         """Answer several independent prompts in one left-padded batch.
@@ -250,7 +260,11 @@ class ModularAdaptrixEngine:
         ``adapters`` gives each prompt its own adapter (a name, a ``{name: weight}`` mix or None for
         the base model); without it every prompt uses ``gen["adapter"]`` or the active adapters.
         """
-        return self.generator.batch(prompts, adapters, **gen)
+        with self.monitor.track() as done:
+            results = self.generator.batch(prompts, adapters, **gen)
+            for result in results:
+                done(result)
+        return [result.text for result in results]
 
     def stream(self, prompt: str, **gen: Any) -> Iterator[str]:
         """Yield the answer to ``prompt`` piece by piece as it is generated.
@@ -258,20 +272,25 @@ class ModularAdaptrixEngine:
         The engine stays busy until the iterator is exhausted or closed: close an abandoned stream
         (``contextlib.closing``) so that other calls can run.
         """
-        with self._lock:
+        with self._lock, self.monitor.track(prompt):
             use_context = self.use_context_by_default
             history = list(self._history) if use_context else []
             pieces, lock = self.generator.stream(prompt, history, **gen)
         return self._stream_and_remember(pieces, lock, prompt, use_context)
 
     def _stream_and_remember(self, pieces: Iterator[str], lock: Any, prompt: str, use_context: bool) -> Iterator[str]:
-        with lock:
-            parts = []
+        started, ttft_ms, parts = time.perf_counter(), None, []
+        with lock, self.monitor.track(prompt):
             for piece in pieces:
+                if ttft_ms is None:
+                    ttft_ms = (time.perf_counter() - started) * 1000
                 parts.append(piece)
                 yield piece
             if use_context:
                 self._history.extend([{"role": "user", "content": prompt}, {"role": "assistant", "content": "".join(parts)}])
+            self.monitor.log.record_request(model=self.model_id, backend=self.backend.name, source=self.monitor.source,
+                                            latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=ttft_ms,
+                                            finish_reason="stop", prompt=prompt, answer="".join(parts))
 
     # -- adapters (see AdapterPool) ----------------------------------------------------------------
     @_delegate("adapters", AdapterPool)
@@ -353,11 +372,19 @@ class ModularAdaptrixEngine:
     @_delegate("requests", RequestPlanner)
     def prepare_request(self): ...
 
-    @_delegate("requests", RequestPlanner)
-    def finish_request(self): ...
+    def finish_request(self, prepared: Any, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
+                       ttft_ms: float | None = None) -> QueryResult:
+        """The ``QueryResult`` of a finished request (see ``RequestPlanner``); it is recorded in the request log."""
+        result = self.requests.finish_request(prepared, text, prompt_tokens, completion_tokens, finish_reason)
+        self.monitor.log.record_request(**request_fields(result, source=self.monitor.source, ttft_ms=ttft_ms))
+        return result
 
-    @_delegate("requests", RequestPlanner)
-    def release_request(self): ...
+    def release_request(self, prepared: Any, error: BaseException | None = None) -> None:
+        """Unpin a request that ends without a result (see ``RequestPlanner``); a failure is recorded."""
+        self.requests.release_request(prepared)
+        if error is not None:
+            self.monitor.log.record_request(**failure_fields(error, source=self.monitor.source, model=self.model_id,
+                                                             adapter_weights=prepared.choice.weights))
 
     @_delegate("requests", RequestPlanner)
     def adapter_available(self): ...

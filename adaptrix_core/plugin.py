@@ -18,8 +18,8 @@ from adaptrix_core.errors import (
     ModelLoadError,
     PluginError,
 )
-from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 from adaptrix_core.hookspecs import hookimpl
+from adaptrix_core.models.families import ChatQuirks, GenerationDefaults, ModelFamily
 from adaptrix_core.models.source import ModelSource
 from adaptrix_core.protocols import AdapterBackend, BaseModelInterface, Capability, Router, RoutingDecision
 from adaptrix_core.routing.selection import AdapterCard, RouterResources, default_thresholds, select

@@ -17,11 +17,14 @@ is imported (before any test imports transformers), and the tiny models are buil
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The request log of every engine the tests make goes to a scratch file, not the user's cache.
+os.environ.setdefault("ADAPTRIX_MONITORING__PATH", str(Path(tempfile.mkdtemp(prefix="adaptrix-test-log-")) / "log.sqlite"))
 
 import pytest  # noqa: E402
 

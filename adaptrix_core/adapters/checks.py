@@ -11,14 +11,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from adaptrix_core.adapters.base_identity import BaseIdentity
+from adaptrix_core.adapters.compatibility import check_compatibility
 from adaptrix_core.adapters.metadata import WEIGHTS_FILE, AdapterMetadata
 from adaptrix_core.adapters.store import (
     AdapterManager,
     lora_module_shapes,
     read_safetensors_header,
 )
-from adaptrix_core.adapters.base_identity import BaseIdentity
-from adaptrix_core.adapters.compatibility import check_compatibility
 from adaptrix_core.errors import (
     AdapterIncompatibleError,
 )

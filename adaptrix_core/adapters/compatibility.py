@@ -17,9 +17,9 @@ from adaptrix_core.adapters.base_identity import (
     base_problems,
     normalise_model_name,
 )
+from adaptrix_core.adapters.lora_options import option_problems, tensor_problems
 from adaptrix_core.errors import AdapterError
 from adaptrix_core.models.families import ModelFamily
-from adaptrix_core.adapters.lora_options import option_problems, tensor_problems
 from adaptrix_core.types import CompatibilityReport
 
 __all__ = ["check_compatibility", "normalise_model_name", "read_adapter_config"]

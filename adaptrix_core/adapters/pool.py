@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,13 +55,15 @@ class AdapterPool:
     """
 
     def __init__(self, settings: AdapterSettings, store: AdapterManager, model: Callable[[], LoadedModel],
-                 lock: Any, route: Callable[[str], RoutingDecision], busy: Callable[[], set[str]] = set):
+                 lock: Any, route: Callable[[str], RoutingDecision], busy: Callable[[], set[str]] = set,
+                 events: Callable[[str, str, float | None], None] = lambda kind, name, seconds: None):
         self.settings = settings
         self.adapter_manager = store
         self._model = model
         self._lock = lock
         self._route = route
         self._busy = busy
+        self._events = events  # (kind, adapter, seconds): load, unload and evict, for the request log
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._active: dict[str, float] = {}
         self.checker = AdapterChecker(model, store)
@@ -154,8 +157,10 @@ class AdapterPool:
         with self._lock:
             if name not in self._loaded:
                 raise AdapterNotFoundError(f"Adapter {name!r} is not loaded (loaded: {', '.join(self.loaded_adapters()) or 'none'}).")
+            started = time.perf_counter()
             self._drop(name)
             self._active.pop(name, None)
+            self._events("unload", name, time.perf_counter() - started)
 
     def switch_adapter(self, name_or_old: str | None, new: str | None = None) -> list[str]:
         """Make ``name`` the active adapter, or replace active ``old`` by ``new``; return the active list.
@@ -214,7 +219,9 @@ class AdapterPool:
         meta, config, _ = self.adapter_manager.validate(name)
         weights = self.adapter_manager.path(name) / WEIGHTS_FILE
         self._check_fits(name, meta, config, weights)
+        started = time.perf_counter()
         size = backend.inject_lora(name, config, weights)
+        self._events("load", name, time.perf_counter() - started)
         entry = LoadedAdapter(name, "stored", size, meta)
         self._loaded[name] = entry
         self._evict(keep=pinned)
@@ -239,7 +246,9 @@ class AdapterPool:
             evictable = [n for n, e in self._loaded.items() if e.kind != "memory" and n not in protected]
             if len(self._loaded) <= limit or not evictable:
                 return
+            started = time.perf_counter()
             self._drop(evictable[0])
+            self._events("evict", evictable[0], time.perf_counter() - started)
 
     # -- per-request choice -------------------------------------------------------------------------
     def _parse_adapter(self, spec: Any) -> dict[str, float]:

@@ -27,6 +27,7 @@ from adaptrix_core.adapters.metadata import (
     check_adapter_name,
     sha256_of,
 )
+from adaptrix_core.adapters.safetensors_header import FLOAT_DTYPES, read_safetensors_header
 from adaptrix_core.adapters.schema import LoraConfigSchema, expected_rank, validate_adapter_config
 from adaptrix_core.errors import (
     AdapterCorruptError,
@@ -37,7 +38,6 @@ from adaptrix_core.errors import (
     AdapterNotFoundError,
     AdapterStoreError,
 )
-from adaptrix_core.adapters.safetensors_header import FLOAT_DTYPES, read_safetensors_header
 
 __all__ = ["AdapterListing", "AdapterManager", "check_peft_folder", "lora_module_shapes", "read_safetensors_header"]
 

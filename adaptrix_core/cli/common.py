@@ -44,7 +44,9 @@ class EngineOptions:
         config = self.config()
         log.info("model %s (device %s, backend %s), adapters in %s", config.model.model_id, config.model.device,
                  config.model.backend, config.adapters.directory)
-        return ModularAdaptrixEngine(config=config, router=router)
+        engine = ModularAdaptrixEngine(config=config, router=router)
+        engine.monitor.source = "cli"  # the request log says who asked
+        return engine
 
 
 def model_options(command: Callable) -> Callable:

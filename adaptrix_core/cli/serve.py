@@ -55,6 +55,7 @@ def serve(opts: EngineOptions, host, port, data_dir, router_name, api_key, max_b
     })
     settings = config.server
     engine = ModularAdaptrixEngine(config=config)
+    engine.monitor.source = "server"
     app = create_app(engine, settings)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                                            timeout_graceful_shutdown=int(settings.drain_timeout) or 1,

@@ -68,7 +68,7 @@ class Generator:
         """Answer the last user turn of OpenAI-style ``messages``."""
         return self.complete(check_messages(messages), gen)
 
-    def batch(self, prompts: Sequence[str], adapters: Sequence[Any] | None = None, **gen: Any) -> list[str]:
+    def batch(self, prompts: Sequence[str], adapters: Sequence[Any] | None = None, **gen: Any) -> list[QueryResult]:
         """Answer several independent prompts in one left-padded batch, each with its own adapter."""
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise InvalidPromptError("generate_batch() takes a non-empty list of prompt strings.")
@@ -76,21 +76,29 @@ class Generator:
             raise InvalidGenerationParameterError(
                 f"adapters must be a list with one entry per prompt ({len(prompts)}), got {adapters!r}."
             )
+        started = time.perf_counter()
         pool = self.adapters
         with self._lock:
             backend = self._model().backend
             params = self.prompts.sampling(gen)
             specs = list(adapters) if adapters is not None else [gen.get("adapter", ACTIVE)] * len(prompts)
-            specs = [pool._resolve_auto(spec, prompt)[0] for prompt, spec in zip(prompts, specs)]
+            resolved = [pool._resolve_auto(spec, prompt) for prompt, spec in zip(prompts, specs)]
             pinned: list[str] = []
-            for spec in specs:
+            for spec, _ in resolved:
                 pinned.extend(pool._parse_adapter(spec))
-            targets = [pool._choose(spec, pinned=pinned).target for spec in specs]
+            choices = [pool._choose(spec, pinned=pinned) for spec, _ in resolved]
+            choices = [AdapterChoice(c.target, c.weights, routing) for c, (_, routing) in zip(choices, resolved)]
             rendered = [self.prompts.render([{"role": "user", "content": check_prompt(p)}], gen) for p in prompts]
             templated = rendered[0][1]
-            completions = backend.generate([text for text, _ in rendered], params, templated=templated, adapters=targets)
+            completions = backend.generate([text for text, _ in rendered], params, templated=templated,
+                                           adapters=[choice.target for choice in choices])
             pool._evict(keep=())
-        return [trim_at_stop(c.text, params.stop)[0] for c in completions]
+        results = []
+        for completion, choice in zip(completions, choices):
+            text, stopped = trim_at_stop(completion.text, params.stop)
+            results.append(self.result(text, completion.prompt_tokens, completion.completion_tokens,
+                                       "stop" if stopped else completion.finish_reason, params, started, choice))
+        return results
 
     def stream(self, prompt: str, history: Sequence[dict[str, str]] = (), **gen: Any) -> tuple[Iterator[str], Any]:
         """(pieces, lock): the answer's text pieces with stop strings handled. The caller iterates them

@@ -229,6 +229,7 @@ def create_app(engine: Any = None, settings: ServerSettings | None = None) -> Fa
         from adaptrix_core.engine import ModularAdaptrixEngine
 
         engine = ModularAdaptrixEngine(config=load_config())
+        engine.monitor.source = "server"
     if settings is None:
         settings = engine.config.server
     state = ServerState(engine, settings, owns_engine)

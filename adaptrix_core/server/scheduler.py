@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaptrix_core.generation.requests import PreparedRequest
 from adaptrix_core.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -42,6 +41,7 @@ from adaptrix_core.errors import (
     SchedulerStoppedError,
 )
 from adaptrix_core.generation.params import trim_at_stop
+from adaptrix_core.generation.requests import PreparedRequest
 from adaptrix_core.protocols import StepBatching, StepOutput, StepRow
 from adaptrix_core.server.handle import RequestHandle, TextTracker
 
@@ -318,13 +318,13 @@ class Scheduler:
         if error is None:
             try:
                 result = self.engine.finish_request(request.prepared, text, prompt_tokens, completion_tokens,
-                                                    finish_reason)
+                                                    finish_reason, ttft_ms=request.handle.ttft_ms)
             except Exception as exc:  # noqa: BLE001 (handed to the request's caller)
                 error = exc
             else:
                 request.handle._finish(result=result)
                 return
-        self.engine.release_request(request.prepared)
+        self.engine.release_request(request.prepared, error=error)
         request.handle._finish(error=error)
 
     def _fail_waiting(self, error: BaseException) -> None:

@@ -12,8 +12,8 @@ from adaptrix_core.adapters.metadata import AdapterMetadata, RoutingHints, check
 from adaptrix_core.capabilities import require_capability
 from adaptrix_core.errors import AdapterExistsError, TrainingDataError
 from adaptrix_core.protocols import Capability
-from adaptrix_core.training.metrics import metric_for
 from adaptrix_core.training.data import Example, load_examples, split_examples
+from adaptrix_core.training.metrics import metric_for
 
 Progress = Callable[[int, int, float], None]
 
