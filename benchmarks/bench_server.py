@@ -48,7 +48,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import machine_facts
+from bench_generate import _busy_cpu_seconds, machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "server.json"
@@ -163,6 +163,27 @@ def stream_chat(http: Any, body: dict[str, Any]) -> dict[str, Any]:
     latency = time.perf_counter() - started
     return {"ok": usage is not None, "status": 200, "text": "".join(parts), "tokens": (usage or {}).get("completion_tokens", 0),
             "latency_s": latency, "ttft_s": ttft if ttft is not None else latency}
+
+
+class Contention:
+    """Cores kept busy by processes other than this one and the server over a phase (0 on a quiet machine)."""
+
+    def __init__(self, server_pid: int):
+        import psutil
+
+        self.processes = [psutil.Process(), psutil.Process(server_pid)]
+
+    def _own(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.processes)
+
+    def __enter__(self) -> Contention:  # noqa: PYI034 - typing.Self needs Python 3.11
+        self.busy, self.own, self.wall = _busy_cpu_seconds(), self._own(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = _busy_cpu_seconds()
+        other = (busy - self.busy) - (self._own() - self.own) if busy is not None and self.busy is not None else None
+        self.other_cores = None if other is None else max(0.0, other) / (time.perf_counter() - self.wall)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -342,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         base_id = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
         requests = workload(server.store, args.requests, args.max_tokens, base_id)
         run_clients(server.url, requests[:4], 2)  # warm-up: adapters loaded, code paths hot
-        runs = [run_clients(server.url, requests, 1)]
-        for clients in (int(c) for c in args.clients.split(",")):
-            runs.append(run_clients(server.url, requests, clients))
+        runs = []
+        for clients in [1, *(int(c) for c in args.clients.split(","))]:
+            with Contention(server.process.pid) as meter:
+                runs.append(run_clients(server.url, requests, clients))
+            runs[-1]["other_processes_cores"] = meter.other_cores
         alone = runs[0]["texts"]
         for run in runs:
             run["speedup"] = run["tokens_per_s"] / runs[0]["tokens_per_s"]
@@ -352,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         report["throughput"] = runs
         report["http_cost"] = http_cost(args, server, requests[0])
         if args.load_seconds > 0:
-            report["load"] = load_run(args, server, requests)
+            with Contention(server.process.pid) as meter:
+                report["load"] = load_run(args, server, requests)
+            report["load"]["other_processes_cores"] = meter.other_cores
         report["exit_status_after_sigterm"] = server.stop()
     except BaseException:
         if server.process.poll() is None:
@@ -371,11 +396,12 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(report: dict[str, Any]) -> None:
     print(f"\nadaptrix serve, {report['machine'].get('cpu_model')} ({report['machine'].get('cpu_count')} CPUs)")
     print(f"{'clients':>7} {'tok/s':>8} {'speedup':>8} {'lat p50':>8} {'lat p95':>8} {'ttft p50':>9} {'ttft p95':>9} "
-          f"{'equal':>6} {'failed':>6}")
+          f"{'equal':>6} {'failed':>6} {'others':>6}")
     for run in report["throughput"]:
         print(f"{run['clients']:>7} {run['tokens_per_s']:>8.1f} {run['speedup']:>7.2f}x {run['latency_p50_s']:>7.2f}s "
               f"{run['latency_p95_s']:>7.2f}s {run['ttft_p50_s']:>8.2f}s {run['ttft_p95_s']:>8.2f}s "
-              f"{run['answers_equal_one_at_a_time']:>3}/{run['requests']:<2} {run['failed']:>6}")
+              f"{run['answers_equal_one_at_a_time']:>3}/{run['requests']:<2} {run['failed']:>6} "
+              f"{run['other_processes_cores'] or 0:>6.2f}")
     cost = report["http_cost"]
     print(f"\nHTTP cost: direct engine.query {cost['direct_median_s'] * 1000:.0f} ms, POST /query "
           f"{cost['http_median_s'] * 1000:.0f} ms ({cost['http_vs_direct']:+.1%}); outside the server's own latency: "
