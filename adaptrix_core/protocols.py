@@ -6,9 +6,10 @@ Nothing here assumes torch: an ONNX Runtime backend implements the same surface.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from adaptrix_core.config import ModelSettings
@@ -187,7 +188,7 @@ class StepRow:
 
     key: str
     token_ids: list[int]
-    params: "SamplingParams"
+    params: SamplingParams
     adapter: str | None = None
 
 

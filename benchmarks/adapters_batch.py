@@ -19,7 +19,8 @@ import argparse
 import gc
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import harness
 from adapters_common import DEMO_DATA, EXTRA_PROMPTS, read_prompts
@@ -98,7 +99,7 @@ class ForwardTimer:
         self._handles: list[Any] = []
         self._started = 0.0
 
-    def __enter__(self) -> "ForwardTimer":
+    def __enter__(self) -> ForwardTimer:
         def pre(module: Any, args: Any, kwargs: Any) -> None:
             self._started = time.perf_counter()
 

@@ -17,7 +17,8 @@ import argparse
 import contextlib
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import harness
 from adapters_common import lora_layers

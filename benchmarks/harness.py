@@ -59,9 +59,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -150,7 +151,7 @@ class ContentionMeter:
     other_cpu_s: float | None
     other_cores: float | None
 
-    def __enter__(self) -> "ContentionMeter":
+    def __enter__(self) -> ContentionMeter:
         self.busy0, self.own0, self.wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
         return self
 

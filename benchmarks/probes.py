@@ -9,7 +9,8 @@ microsecond per call; nothing else in the engine changes.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class GenerateProbe:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 FIRST = ["Maria", "John", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Tom", "Sofia", "Kwame", "Ines", "Lucas",
          "Mei", "Noah", "Fatima", "Ivan", "Chloe", "Diego", "Hana", "Samuel", "Zara", "Felix", "Amara", "Pedro"]

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -27,7 +27,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("ADAPTRIX_MONITORING__PATH", str(Path(tempfile.mkdtemp(prefix="adaptrix-test-log-")) / "log.sqlite"))
 
 import pytest  # noqa: E402
-
 from tiny_models import KINDS, build_tiny_model  # noqa: E402
 
 

@@ -27,14 +27,14 @@ from peft_helpers import (
 from safetensors.torch import load_file, save_file
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.adapters.choice import MAX_ADAPTER_WEIGHT
+from adaptrix_core.adapters.lora_options import REFUSED_OPTIONS, SERVED_OPTIONS
+from adaptrix_core.adapters.store import AdapterManager
 from adaptrix_core.errors import (
     AdapterError,
     AdapterIncompatibleError,
     InvalidGenerationParameterError,
 )
-from adaptrix_core.adapters.lora_options import REFUSED_OPTIONS, SERVED_OPTIONS
 
 WEIGHTS = "adapter_model.safetensors"
 

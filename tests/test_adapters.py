@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import KINDS
 
 from adaptrix_core import ModularAdaptrixEngine
 from adaptrix_core.adapters.store import AdapterManager
@@ -25,7 +26,6 @@ from adaptrix_core.errors import (
 )
 from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.models.layers import resolve_layers
-from tiny_models import KINDS
 
 GREEDY = {"temperature": 0, "max_new_tokens": 6}
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda sigma".split()

@@ -9,7 +9,6 @@ import torch
 from click.testing import CliRunner
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.models import source as model_source
 from adaptrix_core.cli import cli
 from adaptrix_core.errors import (
     AdaptrixError,
@@ -22,6 +21,7 @@ from adaptrix_core.errors import (
     ModelNotFoundError,
     UnsupportedFamilyError,
 )
+from adaptrix_core.models import source as model_source
 
 
 @pytest.fixture(scope="module")

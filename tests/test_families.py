@@ -15,11 +15,11 @@ defaults, and torch runs on one thread (see ``single_torch_thread``) so the file
 from __future__ import annotations
 
 import pytest
+from tiny_models import KINDS, MAX_POSITIONS
 from transformers import AutoTokenizer
 
 from adaptrix_core import ModularAdaptrixEngine
 from adaptrix_core.errors import ContextOverflowError, InvalidGenerationParameterError
-from tiny_models import KINDS, MAX_POSITIONS
 
 FAMILY = {
     "llama": "llama", "mistral": "llama",

@@ -10,8 +10,9 @@ README and docs/ show (``engine.<name>``) and every public attribute of the clas
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -14,8 +14,8 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 from adaptrix_core import ModularAdaptrixEngine
 from adaptrix_core.config import GenerationSettings
 from adaptrix_core.errors import InvalidGenerationParameterError, InvalidPromptError
-from adaptrix_core.models.families import detect_family
 from adaptrix_core.generation.params import GREEDY_TEMPERATURE, MAX_SEED, resolve_sampling
+from adaptrix_core.models.families import detect_family
 from adaptrix_core.registry import collect
 
 SURROGATE = "\ud800"  # what Python makes of undecodable bytes (surrogateescape): cannot be encoded

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import build_tiny_model
 
 from adaptrix_core import ModularAdaptrixEngine, hookimpl
 from adaptrix_core.cli import cli
@@ -17,7 +18,6 @@ from adaptrix_core.errors import BackendNotFoundError, UnsupportedFamilyError
 from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.plugins import ALLOW_LIST_VARIABLE, get_plugin_manager, load_failures, reload_plugins
 from adaptrix_core.registry import collect
-from tiny_models import build_tiny_model
 
 THIRD_PARTY = Path(__file__).parent / "third_party"
 BUILTIN_FAMILIES = {"llama", "qwen", "phi", "gemma", "generic"}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_rag import CORPUS, run_crash, snapshot, synthetic_addition
 
 from adaptrix_core import ModularAdaptrixEngine
 from adaptrix_core.errors import (
@@ -32,7 +33,6 @@ from adaptrix_core.rag import readers as readers_module
 from adaptrix_core.rag import store as store_module
 from adaptrix_core.rag import vectors as vec
 from adaptrix_core.rag.store import IndexStore
-from test_rag import CORPUS, run_crash, snapshot, synthetic_addition
 
 REAL_CONNECT = sqlite3.connect
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # the embedder on 2 shared cores: 1 thread is fastest

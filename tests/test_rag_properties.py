@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_rag import snapshot
 
 from adaptrix_core import ModularAdaptrixEngine
-from adaptrix_core.rag.service import IngestReport
 from adaptrix_core.errors import AdaptrixError
-from test_rag import snapshot
+from adaptrix_core.rag.service import IngestReport
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -24,8 +24,9 @@ text and streamed pieces always join up to the full decode.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

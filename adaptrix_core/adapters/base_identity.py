@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 _QUANT_SUFFIX = re.compile(r"([.\-_](q\d\w*|f16|f32|bf16|fp16|gguf|instruct-gguf))+$", re.IGNORECASE)
 
@@ -57,7 +58,7 @@ class BaseIdentity:
 
     @classmethod
     def from_ids(cls, ids: Iterable[str], paths: Iterable[str] = (), fingerprint: Mapping[str, Any] | None = None
-                 ) -> "BaseIdentity":
+                 ) -> BaseIdentity:
         """Sort ``ids`` into names and paths (see ``is_path``); ``paths`` are added as paths."""
         ids = [str(i) for i in ids if i]
         return cls(names=tuple(i for i in ids if not is_path(i)),

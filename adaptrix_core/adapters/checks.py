@@ -8,8 +8,9 @@ and layer shapes fit the model.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from adaptrix_core.adapters.base_identity import BaseIdentity
 from adaptrix_core.adapters.compatibility import check_compatibility

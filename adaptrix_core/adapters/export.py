@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from adaptrix_core.errors import AdapterExistsError, AdapterExportError, AdapterStoreError
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 #: Options whose non-empty value changes base modules or adds modules this engine does not serve,
 #: with the reason shown to the user.

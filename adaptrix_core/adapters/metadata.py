@@ -96,7 +96,7 @@ class AdapterMetadata(BaseModel):
             raise AdapterMetadataError(f"Invalid adapter metadata: {describe_validation_error(exc)}.") from None
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> "AdapterMetadata":
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> AdapterMetadata:
         """Like pydantic's, but errors are ``InvalidAdapterNameError`` / ``AdapterMetadataError``."""
         if isinstance(obj, dict) and "name" in obj:
             check_adapter_name(obj["name"])
@@ -111,7 +111,7 @@ class AdapterMetadata(BaseModel):
         return check_adapter_name(value)
 
     @classmethod
-    def from_peft_config(cls, name: str, config: dict[str, Any], **extra: Any) -> "AdapterMetadata":
+    def from_peft_config(cls, name: str, config: dict[str, Any], **extra: Any) -> AdapterMetadata:
         """Derive metadata from a PEFT ``adapter_config.json`` made elsewhere (checked against its schema first)."""
         from adaptrix_core.adapters.schema import validate_adapter_config
 

@@ -9,10 +9,9 @@ The first problem is reported as ``adapter_config.json: <field>: <problem>``.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
-from typing_extensions import Annotated
 
 from adaptrix_core.errors import AdapterConfigError, AdapterUnsupportedError
 
@@ -91,15 +90,15 @@ class LoraConfigSchema(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
 
     peft_type: StrictStr
-    task_type: Optional[Literal[TASK_TYPES]] = None  # type: ignore[valid-type]
-    base_model_name_or_path: Optional[StrictStr] = None
-    revision: Optional[StrictStr] = None
-    peft_version: Optional[StrictStr] = None
+    task_type: Literal[TASK_TYPES] | None = None  # type: ignore[valid-type]
+    base_model_name_or_path: StrictStr | None = None
+    revision: StrictStr | None = None
+    peft_version: StrictStr | None = None
     inference_mode: StrictBool = False
-    auto_mapping: Optional[dict[str, Any]] = None
+    auto_mapping: dict[str, Any] | None = None
     r: Rank = 8
-    target_modules: Optional[Union[list[Name], Pattern]] = None
-    exclude_modules: Optional[Union[list[Name], Pattern]] = None
+    target_modules: list[Name] | Pattern | None = None
+    exclude_modules: list[Name] | Pattern | None = None
     lora_alpha: Number = 8
     lora_dropout: Annotated[Number, AfterValidator(_at_least(0, 1))] = 0.0
     fan_in_fan_out: StrictBool = False
@@ -107,21 +106,21 @@ class LoraConfigSchema(BaseModel):
     use_rslora: StrictBool = False
     use_dora: StrictBool = False
     lora_bias: StrictBool = False
-    init_lora_weights: Union[StrictBool, Annotated[StrictStr, AfterValidator(_init_method)]] = True
-    modules_to_save: Optional[list[Name]] = None
-    layers_to_transform: Optional[Union[list[Index], Index]] = None
-    layers_pattern: Optional[Union[list[Name], Name]] = None
+    init_lora_weights: StrictBool | Annotated[StrictStr, AfterValidator(_init_method)] = True
+    modules_to_save: list[Name] | None = None
+    layers_to_transform: list[Index] | Index | None = None
+    layers_pattern: list[Name] | Name | None = None
     # peft declares these Optional but calls .keys() on them: null is refused, {} is "none".
     rank_pattern: Annotated[dict[str, Rank], AfterValidator(_regex_keys)] = {}
     alpha_pattern: Annotated[dict[str, Number], AfterValidator(_regex_keys)] = {}
-    target_parameters: Optional[list[Name]] = None
-    trainable_token_indices: Optional[Union[list[Index], dict[str, list[Index]]]] = None
+    target_parameters: list[Name] | None = None
+    trainable_token_indices: list[Index] | dict[str, list[Index]] | None = None
     layer_replication: None = None
-    megatron_config: Optional[dict[str, Any]] = None
-    megatron_core: Optional[StrictStr] = None
-    loftq_config: Optional[dict[str, Any]] = None
-    eva_config: Optional[dict[str, Any]] = None
-    corda_config: Optional[dict[str, Any]] = None
+    megatron_config: dict[str, Any] | None = None
+    megatron_core: StrictStr | None = None
+    loftq_config: dict[str, Any] | None = None
+    eva_config: dict[str, Any] | None = None
+    corda_config: dict[str, Any] | None = None
     use_qalora: StrictBool = False
     qalora_group_size: Rank = 16
     ensure_weight_tying: StrictBool = False

@@ -13,6 +13,8 @@ import click
 
 from adaptrix_core.cli import adapters, export, index, monitoring, query, router, serve
 from adaptrix_core.cli.output import AdaptrixGroup, configure, handle_errors
+from adaptrix_core.cli.output import console as _console
+from adaptrix_core.cli.output import emit_json as _emit_json
 
 log = logging.getLogger("adaptrix.plugins")
 
@@ -55,8 +57,6 @@ class PluginCommandsGroup(AdaptrixGroup):
     def get_command(self, ctx: click.Context, cmd_name: str):
         self._plugin_commands()
         return super().get_command(ctx, cmd_name)
-from adaptrix_core.cli.output import console as _console
-from adaptrix_core.cli.output import emit_json as _emit_json
 
 
 @click.group(cls=PluginCommandsGroup)

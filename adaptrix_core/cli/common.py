@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -91,7 +92,7 @@ def parse_adapter_option(value: str | None) -> Any:
             try:
                 weights[name.strip()] = float(weight)
             except ValueError:
-                raise click.BadParameter(f"weight {weight!r} of adapter {name!r} is not a number", param_hint="--adapter")
+                raise click.BadParameter(f"weight {weight!r} of adapter {name!r} is not a number", param_hint="--adapter") from None
             if not math.isfinite(weights[name.strip()]):
                 raise click.BadParameter(f"weight {weight!r} of adapter {name!r} is not finite", param_hint="--adapter")
         return weights

@@ -8,7 +8,8 @@ with an ``export(family, progress)`` method that returns what it built.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 

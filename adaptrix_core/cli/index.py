@@ -9,7 +9,8 @@ committing the others.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -82,7 +83,7 @@ def index_add(paths: tuple[str, ...], chunk_size, chunk_overlap, index_type, ind
         for status in ("added", "replaced", "unchanged"):
             for doc_id in getattr(report, status):
                 table.add_row(status, doc_id, report.sources[doc_id])
-        for source, reason in report.failed:
+        for _source, reason in report.failed:
             table.add_row("[red]failed[/]", "", reason)
         for source in report.skipped:
             table.add_row("[yellow]skipped[/]", "", f"{source} (unsupported format)")

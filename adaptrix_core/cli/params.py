@@ -7,8 +7,9 @@ paths and prompts are checked here so that a typo costs milliseconds, not a mode
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import click
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from adaptrix_core.config import GenerationSettings
 from adaptrix_core.errors import InvalidGenerationParameterError, InvalidPromptError

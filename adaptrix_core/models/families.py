@@ -9,9 +9,9 @@ registered by a plugin through ``register_model_families``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 from adaptrix_core.errors import UnsupportedFamilyError
 

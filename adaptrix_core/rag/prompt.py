@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 INSTRUCTION = "Answer the question using only the passages above, in one short sentence."
 CITE = " Cite the passage you used like [1]."

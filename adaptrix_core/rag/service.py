@@ -13,9 +13,10 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adaptrix_core.config import RagSettings
 from adaptrix_core.errors import ConfigError, DocumentError, DocumentNotFoundError, InvalidPromptError

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from adaptrix_core.errors import ConfigError, IndexAccessError, IndexCorruptError
 from adaptrix_core.rag.integrity import error_kind

@@ -33,10 +33,11 @@ import hashlib
 import os
 import re
 import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from adaptrix_core.errors import AdaptrixError, ConfigError, IndexAccessError
 from adaptrix_core.rag import vectors as vec

@@ -12,9 +12,10 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -42,7 +43,7 @@ class AdapterCard:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_metadata(cls, meta: Any, extra_keywords: Sequence[str] = ()) -> "AdapterCard":
+    def from_metadata(cls, meta: Any, extra_keywords: Sequence[str] = ()) -> AdapterCard:
         return cls(meta.name, meta.description, tuple(dict.fromkeys([*meta.routing.keywords, *extra_keywords])),
                    tuple(meta.routing.example_prompts))
 

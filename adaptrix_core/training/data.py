@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from adaptrix_core.errors import TrainingDataError
 from adaptrix_core.generation.params import ROLES

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _SPACES = re.compile(r"\s+")
 METRICS = ("auto", "exact_match", "json_match")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from adaptrix_core.adapters.metadata import AdapterMetadata, RoutingHints, check_adapter_name
 from adaptrix_core.capabilities import require_capability

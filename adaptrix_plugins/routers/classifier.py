@@ -9,7 +9,8 @@ pass the threshold are selected together (multi-label output).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from adaptrix_core import hookimpl
 from adaptrix_core.config import RouterSettings

@@ -8,7 +8,8 @@ weighted mean, selected at 0.5 unless configured otherwise. Its settings live in
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 

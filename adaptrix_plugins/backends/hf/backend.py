@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, StopStringCriteria, TextIteratorStreamer
 
 from adaptrix_core.config import ModelSettings
 from adaptrix_core.errors import ContextOverflowError, EngineClosedError, ModelLoadError
-from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.generation.params import GREEDY_TEMPERATURE
+from adaptrix_core.models.families import ModelFamily
 from adaptrix_core.models.source import ModelSource
 from adaptrix_core.protocols import Capability
 from adaptrix_core.types import Completion, ModelDescription, SamplingParams
-from adaptrix_plugins.backends.hf.lora import PeftAdapters
 from adaptrix_plugins.backends.hf.loading import (
     find_layers_path,
     load_model_and_tokenizer,
     resolve_device,
     resolve_dtype,
 )
+from adaptrix_plugins.backends.hf.lora import PeftAdapters
 
 
 class _StopWhenSet(StoppingCriteria):

@@ -11,7 +11,8 @@ differ (float16 rounds and clamps differently), as do other revisions or quantis
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from peft import (
@@ -25,13 +26,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from adaptrix_core.adapters.lora_options import option_problems, tensor_problems
 from adaptrix_core.errors import (
     AdapterCorruptError,
     AdapterError,
     AdapterIncompatibleError,
     AdaptrixError,
 )
-from adaptrix_core.adapters.lora_options import option_problems, tensor_problems
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 _LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}
@@ -189,7 +190,7 @@ class PeftAdapters:
                     self._unwrap()
                     return
                 self.peft.delete_adapter(internal)
-            for path, module in list(self.base.named_modules()):
+            for _path, module in list(self.base.named_modules()):
                 if isinstance(module, BaseTunerLayer) and internal in _adapters_of(module):
                     module.delete_adapter(internal)
             if not self._internal:

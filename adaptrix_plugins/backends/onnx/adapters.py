@@ -7,8 +7,9 @@ and the config fields that set its scale, so converting happens once per adapter
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

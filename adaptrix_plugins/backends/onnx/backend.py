@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from adaptrix_core.config import ModelSettings
 from adaptrix_core.errors import (

@@ -21,9 +21,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from adaptrix_core.errors import ModelLoadError
 from adaptrix_core.jsonio import write_json_atomic

@@ -9,8 +9,9 @@ here, per row: an end token, a stop string in the decoded text, or the token bud
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -12,9 +12,10 @@ The builder options per precision were chosen on the demo adapters' held-out set
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from adaptrix_core.errors import ModelLoadError
 from adaptrix_plugins.backends.onnx import build

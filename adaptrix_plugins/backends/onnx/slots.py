@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from adaptrix_core.adapters.metadata import WEIGHTS_FILE
 from adaptrix_core.adapters.store import AdapterManager, lora_module_shapes, read_safetensors_header
