@@ -293,8 +293,11 @@ class ModularAdaptrixEngine:
                                             finish_reason="stop", prompt=prompt, answer="".join(parts))
 
     # -- adapters (see AdapterPool) ----------------------------------------------------------------
-    @_delegate("adapters", AdapterPool)
-    def list_adapters(self): ...
+    def list_adapters(self) -> list[dict[str, Any]]:
+        """Every adapter in the store and in memory (and, on a remote backend, the upstream's own models)."""
+        rows = self.adapters.list_adapters()
+        merge = getattr(self._loaded.backend, "adapter_rows", None) if self._loaded else None
+        return merge(rows, self.loaded_adapters(), self.active_adapters()) if merge else rows
 
     @_delegate("adapters", AdapterPool)
     def active_adapters(self): ...

@@ -287,3 +287,12 @@ def test_closed_engine_refuses_work(upstream, engine_for):
         engine.generate("hi")
     with pytest.raises(EngineClosedError):
         backend.upstream_models()
+
+
+def test_list_adapters_merges_the_upstream_models_with_the_store(upstream, fake, engine_for):
+    fake.loras["upstream_only"] = "/elsewhere/upstream_only"
+    with engine_for(upstream.url) as engine:
+        rows = {row["name"]: row for row in engine.list_adapters()}
+    assert {"dates", "arithmetic", "upstream_only"} <= set(rows)
+    assert rows["dates"]["description"]  # the local store's metadata, what routers read
+    assert "upstream_only" in rows

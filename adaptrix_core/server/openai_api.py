@@ -87,7 +87,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     """Chat completion (or a stream of chunks) from the model, adapter or router named by ``model``."""
     state = ready_state(request)
     _refuse_unsupported(body)
-    adapter = adapter_for_model(state, body.model)
+    adapter = body.adapter if body.adapter is not None else adapter_for_model(state, body.model)
     messages = [_message_text(i, m) for i, m in enumerate(body.messages)]
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     handle = await submit(state, messages=messages, use_rag=body.use_rag, top_k=body.rag_top_k, adapter=adapter,
@@ -107,7 +107,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             raise HTTPError(400, f"prompt must be one string (or a list of one), got a list of {len(prompt)}; "
                             "send one request per prompt.", code="invalid_prompt", param="prompt")
         prompt = prompt[0]
-    adapter = adapter_for_model(state, body.model)
+    adapter = body.adapter if body.adapter is not None else adapter_for_model(state, body.model)
     handle = await submit(state, prompt=prompt, use_rag=body.use_rag, top_k=body.rag_top_k, adapter=adapter,
                           **_gen(body, body.max_tokens))
     reply = _Reply(state, handle, body, "text_completion", "cmpl", "/v1/completions")

@@ -55,6 +55,9 @@ class _OpenAI(GenerationFields):
     use_rag: bool = Field(False, description="Adaptrix extension: answer from the document index.")
     rag_top_k: int | None = Field(None, description="Adaptrix extension: passages retrieved with use_rag.")
     ignore_eos: bool | None = Field(None, description="vLLM extension: generate exactly max_tokens tokens.")
+    adapter: dict[str, float] | None = Field(
+        None, description="Adaptrix extension: a weighted adapter mix {name: weight} (overrides model's adapter); "
+        "the remote backend sends it when its upstream is an Adaptrix server.")
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, reason) for each requested feature Adaptrix does not implement."""
