@@ -38,6 +38,7 @@ from adaptrix_core.errors import (
     AdapterNotFoundError,
     AdapterStoreError,
 )
+from adaptrix_core.jsonio import write_json_atomic
 
 __all__ = ["AdapterListing", "AdapterManager", "check_peft_folder", "lora_module_shapes", "read_safetensors_header"]
 
@@ -278,20 +279,9 @@ class AdapterManager:
         meta = AdapterMetadata.model_validate({**self.metadata(name).model_dump(), **changes})
         folder = self._folder(name)
         try:
-            handle, temporary = tempfile.mkstemp(prefix=".adaptrix-", suffix=".json", dir=folder)
+            write_json_atomic(folder / METADATA_FILE, meta.model_dump(mode="json"))
         except OSError as exc:
             raise AdapterStoreError(f"Cannot write metadata of adapter {name!r}: {exc.strerror or exc}.") from None
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(meta.model_dump_json(indent=2) + "\n")
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, folder / METADATA_FILE)
-        except BaseException as exc:
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
-            if isinstance(exc, OSError):
-                raise AdapterStoreError(f"Cannot write metadata of adapter {name!r}: {exc.strerror or exc}.") from None
-            raise
         return meta
 
     def delete(self, name: str) -> None:

@@ -6,11 +6,10 @@ Kept per adapter store in ``<cache_dir>/cli-state.json``; written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from adaptrix_core.config import AdaptrixConfig
+from adaptrix_core.jsonio import write_json_atomic
 
 
 def _state_file(config: AdaptrixConfig) -> Path:
@@ -39,13 +38,4 @@ def set_active_adapters(config: AdaptrixConfig, names: list[str]) -> None:
     """Remember ``names`` as the active adapters of this store."""
     state = _read(config)
     state.setdefault("active", {})[_store_key(config)] = list(dict.fromkeys(names))
-    path = _state_file(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".cli-state-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(state, out, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)  # the old state file stays as it was
-        raise
+    write_json_atomic(_state_file(config), state)  # a failed write leaves the old state as it was

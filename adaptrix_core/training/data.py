@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -12,6 +11,7 @@ from typing import Any
 
 from adaptrix_core.errors import TrainingDataError
 from adaptrix_core.generation.params import ROLES
+from adaptrix_core.jsonio import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,8 @@ def load_examples(data: str | os.PathLike | Iterable[dict[str, Any]]) -> list[Ex
     """Read examples from a JSONL file or an iterable of dicts; errors name the line."""
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
-        if not path.is_file():
-            raise TrainingDataError(f"Training data file {str(path)!r} does not exist.")
-        examples = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TrainingDataError(f"{path.name} line {number} is not valid JSON: {exc.msg}.") from None
-                examples.append(_example(record, f"{path.name} line {number}"))
+        examples = [_example(record, f"{path.name} line {number}")
+                    for number, record in read_jsonl(path, TrainingDataError, "training data file")]
     else:
         examples = [_example(record, f"example {index}") for index, record in enumerate(data)]
     if not examples:
