@@ -53,7 +53,9 @@ def query(prompt: str, opts: EngineOptions, adapter, router_name, max_new_tokens
     if router_name and chosen is None:
         gen["adapter"] = "auto"
     if gen["adapter"] == "auto" and not (router_name or config.router.name):
-        raise click.BadParameter("'auto' needs a router: add --router keyword, semantic, classifier or hybrid "
+        from adaptrix_core.registry import collect
+
+        raise click.BadParameter(f"'auto' needs a router: add --router with one of {', '.join(sorted(collect().routers))} "
                                  "(or set router.name in the config).", param_hint="'--adapter'")
     cli_params.check_router_name(router_name)
     cli_params.check_stored_adapters(config.adapters.directory, cli_params.adapter_names(gen["adapter"]))

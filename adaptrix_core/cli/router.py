@@ -63,15 +63,16 @@ def router_fit(router_name: str, data: str | None, opts: EngineOptions, as_json:
 
 @router.command("eval")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labelled JSONL (prompt, label).")
-@click.option("--router", "router_names", multiple=True, help="Router(s) to evaluate (default: keyword, semantic, classifier).")
+@click.option("--router", "router_names", multiple=True, help="Router(s) to evaluate (default: every registered router).")
 @model_options
 @json_option
 @handle_errors
 def router_eval(data: str, router_names: tuple[str, ...], opts: EngineOptions, as_json: bool) -> None:
     """Accuracy, macro-F1, confusion matrix and routing latency on labelled prompts."""
+    from adaptrix_core.registry import collect
     from adaptrix_core.routing.service import load_labelled
 
-    names = router_names or ("keyword", "semantic", "classifier")
+    names = router_names or tuple(sorted(collect().routers))
     for name in names:
         cli_params.check_router_name(name)
     load_labelled(data)  # malformed data is refused before any model loads
