@@ -23,10 +23,17 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-# The request log of every engine the tests make goes to a scratch file, not the user's cache.
-os.environ.setdefault("ADAPTRIX_MONITORING__PATH", str(Path(tempfile.mkdtemp(prefix="adaptrix-test-log-")) / "log.sqlite"))
+# The request log of every engine the tests make goes to a scratch file, not the user's cache: through
+# the environment, and as the default for engines built from a config object (which ignore it).
+_TEST_LOG = str(Path(tempfile.mkdtemp(prefix="adaptrix-test-log-")) / "log.sqlite")
+os.environ.setdefault("ADAPTRIX_MONITORING__PATH", _TEST_LOG)
 
 import pytest  # noqa: E402
+
+from adaptrix_core.config import MonitoringSettings  # noqa: E402
+
+MonitoringSettings.model_fields["path"].default = _TEST_LOG
+MonitoringSettings.model_rebuild(force=True)
 from tiny_models import KINDS, build_tiny_model  # noqa: E402
 
 
