@@ -108,6 +108,15 @@ def test_ui_without_a_key_is_open_and_not_counted(engine):
     assert 'endpoint="/ui' not in metrics  # the page, its assets and polling are no requests of the API
 
 
+@needs_gradio
+def test_ui_uploads_are_bounded_by_the_upload_limit(engine):
+    client = TestClient(create_app(engine, ServerSettings(max_upload_bytes=1000, max_request_bytes=500)))
+    too_big = client.post("/ui/gradio_api/upload", files={"files": ("a.txt", b"x" * 5000, "text/plain")})
+    assert too_big.status_code == 413
+    fits = client.post("/ui/gradio_api/upload", files={"files": ("a.txt", b"x" * 600, "text/plain")})
+    assert fits.status_code == 200  # over max_request_bytes, which bounds JSON bodies, within max_upload_bytes
+
+
 def test_without_gradio_ui_says_how_to_install_it(engine, monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
     client = TestClient(create_app(engine, ServerSettings()))
@@ -143,7 +152,7 @@ def run(coroutine):
 async def streamed(state, messages, adapter, **options):
     """(pieces seen, QueryResult, ttft) of one request through the UI's path."""
     handle = await actions.submit(state, messages, adapter, **options)
-    seen = [text async for _, text, error in actions.texts_of([handle]) if text is not None and error is None]
+    seen = [text async for _, text, error in actions.texts_of(state, [handle]) if text is not None and error is None]
     return seen, await actions.finish(state, handle), handle.ttft_ms
 
 
@@ -193,7 +202,7 @@ def test_other_tabs_answer_while_a_generation_runs(app):
     async def scenario():
         handle = await actions.submit(state, [{"role": "user", "content": "tell a long story"}], "base",
                                       max_new_tokens=400, temperature=0)
-        stream = actions.texts_of([handle])
+        stream = actions.texts_of(state, [handle])
         await stream.__anext__()  # the first piece is out: the request is in the running batch
         status = dict(actions.status_rows(state))
         adapters = actions.adapter_rows(state)
@@ -205,6 +214,7 @@ def test_other_tabs_answer_while_a_generation_runs(app):
     assert running and "queue_depth" in status and status["model.family"] == "llama"
     assert [row[0] for row in adapters] == ["no", "yes"]
     assert handle.cancelled
+    assert state.metrics.registry.get_sample_value("adaptrix_cancelled_requests_total", {"endpoint": "/ui"}) == 1
 
 
 def test_upload_through_the_ui_is_the_upload_endpoint(app, tmp_path):
@@ -221,6 +231,11 @@ def test_upload_through_the_ui_is_the_upload_endpoint(app, tmp_path):
     with pytest.raises(HTTPError, match="not a supported document type"):
         actions.ingest_paths(state, [str(odd)])
     assert len(list(uploads.iterdir())) == 1
+
+    _, result, ttft = run(streamed(state, [{"role": "user", "content": "When does the canteen serve lunch?"}], "base",
+                                   use_rag=True, max_new_tokens=4))
+    title, details = actions.describe(result, ttft)
+    assert result.sources and title.endswith("· 1 source") and "**[1]**" in details and "canteen serves lunch" in details
 
 
 # -- a real browser ------------------------------------------------------------------------------------
@@ -251,8 +266,13 @@ def served(tiny_model_dir, tmp_path_factory):
                 raise AssertionError(f"adaptrix serve exited with status {process.returncode}")
             return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
 
+        def metric(name, labels):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+            line = next((line for line in text.splitlines() if line.startswith(name + labels + " ")), None)
+            return float(line.split()[-1]) if line else None
+
         wait_until_healthy(get, timeout=180)
-        yield {"url": f"http://127.0.0.1:{port}", "root": root}
+        yield {"url": f"http://127.0.0.1:{port}", "root": root, "metric": metric}
     finally:
         process.terminate()
         try:
@@ -315,3 +335,22 @@ def test_in_a_real_browser(served, tmp_path):
         assert "base model" in left and "yes (1)" in right
         assert page.evaluate("window.seen.size") >= 2  # more than one partial text: it streamed
         assert page.evaluate("document.querySelector('#right-answer textarea').value") == "yes"
+
+        # Stop: a long answer of the base model is cut off, its request leaves the scheduler.
+        page.click("button[role=tab]:nth-child(1)")
+        page.evaluate("document.querySelector('#max-tokens input[type=number]').select()")
+        page.type_text("480")
+        page.press("Enter", 13)
+        page.wait_for("document.querySelector('#max-tokens input[type=range]').value === '480'", 5, "480 tokens")
+        page.click("#adapter-picker input")
+        page.click('ul.options li[aria-label="base"]')
+        page.click("#prompt textarea")
+        page.type_text("tell a long story")
+        page.click("#send")
+        page.wait_for(f"{BOT_TEXTS}.length === 5 && {BOT_TEXTS}[4].length > 0", 30, "the long answer to start")
+        page.click("#stop")
+        deadline = time.monotonic() + 20
+        while served["metric"]("adaptrix_cancelled_requests_total", '{endpoint="/ui"}') != 1.0:
+            assert time.monotonic() < deadline, "the stopped request was not cancelled"
+            time.sleep(0.1)
+        assert not any("Answered by base" in text for text in page.evaluate(BOT_TEXTS))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -83,6 +84,11 @@ def _user_error(exc: Exception) -> Exception:
     return exc
 
 
+def _message(exc: Exception) -> str:
+    error = _user_error(exc)
+    return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     import pandas as pd
 
@@ -104,14 +110,14 @@ def build_blocks(state: Any) -> Any:
                                       allow_custom_value=True, scale=3, elem_id="adapter-picker",
                                       info="auto (router), base, an adapter, or a mix: arithmetic=0.7,dates=0.3")
                 use_rag = gr.Checkbox(label="Use documents (RAG)", value=False, scale=1, min_width=180)
-                max_tokens = gr.Slider(8, 1024, value=256, step=8, label="Max new tokens", scale=2)
+                max_tokens = gr.Slider(8, 1024, value=256, step=8, label="Max new tokens", scale=2, elem_id="max-tokens")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", scale=2)
             chatbot = gr.Chatbot(label="Conversation", height=600, elem_id="chat")
             with gr.Row():
                 prompt = gr.Textbox(placeholder="Ask something and press Enter", show_label=False, scale=6,
                                     elem_id="prompt", autofocus=True)
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                stop = gr.Button("Stop", scale=1)
+                stop = gr.Button("Stop", scale=1, elem_id="stop")
                 clear = gr.Button("Clear", scale=1)
 
         with gr.Tab("Side by side"):
@@ -188,12 +194,13 @@ def build_blocks(state: Any) -> Any:
             except Exception as exc:
                 raise _user_error(exc) from exc
             yield "", shown, history
-            async for _, text, error in actions.texts_of([handle]):
-                if error is not None:
-                    raise _user_error(error) from error
-                if text is not None:
-                    shown[-1] = {"role": "assistant", "content": text}
-                    yield "", shown, history
+            async with aclosing(actions.texts_of(state, [handle])) as texts:  # closed early: cancelled
+                async for _, text, error in texts:
+                    if error is not None:
+                        raise _user_error(error) from error
+                    if text is not None:
+                        shown[-1] = {"role": "assistant", "content": text}
+                        yield "", shown, history
             result = await actions.finish(state, handle)
             title, details = actions.describe(result, handle.ttft_ms)
             shown[-1] = {"role": "assistant", "content": result.text}
@@ -215,16 +222,17 @@ def build_blocks(state: Any) -> Any:
                 raise _user_error(exc) from exc
             texts, notes = ["", ""], ["", ""]
             yield texts[0], notes[0], texts[1], notes[1]
-            async for index, text, error in actions.texts_of(handles):
-                if error is not None:
-                    notes[index] = f"**Error:** {_user_error(error)}"
-                elif text is None:
-                    result = await actions.finish(state, handles[index])
-                    texts[index] = result.text
-                    notes[index] = actions.describe(result, handles[index].ttft_ms)[1]
-                else:
-                    texts[index] = text
-                yield texts[0], notes[0], texts[1], notes[1]
+            async with aclosing(actions.texts_of(state, handles)) as updates:
+                async for index, text, error in updates:
+                    if error is not None:
+                        notes[index] = f"**Error:** {_message(error)}"
+                    elif text is None:
+                        result = await actions.finish(state, handles[index])
+                        texts[index] = result.text
+                        notes[index] = actions.describe(result, handles[index].ttft_ms)[1]
+                    else:
+                        texts[index] = text
+                    yield texts[0], notes[0], texts[1], notes[1]
 
         async def add_documents(paths):
             if not paths:

@@ -78,10 +78,11 @@ async def finish(state: Any, handle: Any) -> Any:
     return result
 
 
-async def texts_of(handles: list[Any]) -> AsyncIterator[tuple[int, str | None, BaseException | None]]:
+async def texts_of(state: Any, handles: list[Any]) -> AsyncIterator[tuple[int, str | None, BaseException | None]]:
     """(index, text so far, error) each time one of the handles' streams moves; text None when it ended.
 
-    Leaving the loop early (the browser went away, the user pressed Stop) cancels the requests.
+    Leaving the loop early (the browser went away, the user pressed Stop) cancels the unfinished
+    requests, counted in ``adaptrix_cancelled_requests_total{endpoint="/ui"}``.
     """
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -108,6 +109,7 @@ async def texts_of(handles: list[Any]) -> AsyncIterator[tuple[int, str | None, B
         for handle in handles:
             if not handle.done:
                 handle.cancel()
+                state.metrics.cancelled.labels(ENDPOINT).inc()
 
 
 def describe(result: Any, ttft_ms: float | None) -> tuple[str, str]:
