@@ -158,6 +158,10 @@ class ServerSettings(_Section):
     drain_timeout: float = Field(
         30.0, gt=0, description="Seconds Ctrl-C / SIGTERM waits for in-flight requests to finish before exiting."
     )
+    ui: bool = Field(
+        True, description="Serve the web UI at /ui (Gradio, the 'ui' extra: pip install 'adaptrix[ui]'; without it "
+        "/ui says how to install it)."
+    )
 
 
 class MonitoringSettings(_Section):

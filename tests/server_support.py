@@ -14,9 +14,11 @@ WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "
 ADAPTERS = {"yes": ["affirm", "agree"], "no": ["deny", "refuse"]}
 
 
-def train_adapters(engine: Any) -> None:
-    """Train and save the 'yes' and 'no' adapters on a tiny engine (about a second each)."""
+def train_adapters(engine: Any, only: str | None = None) -> None:
+    """Train and save the 'yes' and 'no' adapters (or just ``only``) on a tiny engine (about a second each)."""
     for seed, (name, keywords) in enumerate(ADAPTERS.items()):
+        if only is not None and name != only:
+            continue
         data = [{"prompt": f"say {WORDS[i % len(WORDS)]}", "response": name} for i in range(24)]
         engine.train_adapter(name, data, epochs=6, learning_rate=2e-2, layers="all", batch_size=8, eval_split=0.0,
                              seed=seed, keywords=keywords, description=f"answers {name}")

@@ -25,10 +25,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from adaptrix_core.config import ServerSettings, load_config
 from adaptrix_core.server.errors import HTTPError, error_body, install_error_handlers
 from adaptrix_core.server.metrics import ServerMetrics
+from adaptrix_core.server.ui_auth import is_ui_path, refuse, ui_request_allowed
 
 log = logging.getLogger("adaptrix.server")
 OPEN_PATHS = frozenset({"/health"})
 UNCOUNTED_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapes would drown the request counts
+UI_UPLOAD_PATH = "/ui/gradio_api/upload"  # the web UI's file uploads: Gradio bounds them by max_upload_bytes
 
 
 class ServerState:
@@ -113,7 +115,10 @@ def make_scheduler(engine: Any, settings: ServerSettings) -> Any:
 
 
 class AuthMiddleware:
-    """Refuse requests without ``Authorization: Bearer <api_key>`` (when a key is set), before any parsing."""
+    """Refuse requests without ``Authorization: Bearer <api_key>`` (when a key is set), before any parsing.
+
+    Under ``/ui`` the web UI's cookie (set by the key page, see ``ui_auth``) counts as the key too.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str | None):
         self.app, self.key = app, (api_key or "").encode()
@@ -125,6 +130,10 @@ class AuthMiddleware:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
             return await self.app(scope, receive, send)
+        if is_ui_path(scope["path"]):
+            if ui_request_allowed(scope, self.key):
+                return await self.app(scope, receive, send)
+            return await refuse(scope, send)
         body = json.dumps(error_body("Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
                                      "authentication_error", "invalid_api_key")).encode()
         await send({"type": "http.response.start", "status": 401,
@@ -144,7 +153,8 @@ class BodyLimitMiddleware:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH") or scope["path"] == "/upload":
+        if (scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH")
+                or scope["path"] in ("/upload", UI_UPLOAD_PATH)):
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
@@ -182,13 +192,14 @@ class BodyLimitMiddleware:
 
 
 class MetricsMiddleware:
-    """Count every answer by endpoint (the route's path template) and status."""
+    """Count every answer by endpoint (the route's path template) and status; the web UI's page, assets
+    and polling are not counted (its generations are, under the endpoint ``/ui``)."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI):
         self.app, self.fastapi_app = app, fastapi_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNCOUNTED_PATHS:
+        if scope["type"] != "http" or scope["path"] in UNCOUNTED_PATHS or is_ui_path(scope["path"]):
             return await self.app(scope, receive, send)
         status = 500
 
@@ -217,7 +228,7 @@ class MetricsMiddleware:
 
 
 def create_app(engine: Any = None, settings: ServerSettings | None = None) -> FastAPI:
-    """The Adaptrix HTTP app: native endpoints, OpenAI-compatible ``/v1``, ``/metrics``.
+    """The Adaptrix HTTP app: native endpoints, OpenAI-compatible ``/v1``, ``/metrics``, the web UI at ``/ui``.
 
     ``engine`` (a ``ModularAdaptrixEngine``, initialized or not) is used as given and left open at
     shutdown; without it one is built from the configuration (``ADAPTRIX_CONFIG``, ``ADAPTRIX_*``)
@@ -253,6 +264,10 @@ def create_app(engine: Any = None, settings: ServerSettings | None = None) -> Fa
     app.include_router(native.router)
     app.include_router(uploads.router)
     app.include_router(openai_api.router)
+    if settings.ui:
+        from adaptrix_core.server.ui import mount_ui
+
+        mount_ui(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, fastapi_app=app)

@@ -48,6 +48,9 @@ class ServerMetrics:
                                   registry=registry)
         self.adapter_requests = Counter("adaptrix_adapter_requests", "Generation requests, by adapter used.",
                                         ["adapter"], registry=registry)
+        self.adapter_latency = Histogram("adaptrix_adapter_latency_seconds",
+                                         "Wall-clock time of generation requests, by adapter used.", ["adapter"],
+                                         buckets=LATENCY_BUCKETS, registry=registry)
         self.routes = Counter("adaptrix_route_decisions", "adapter='auto' decisions, by router and adapters chosen.",
                               ["router", "selected"], registry=registry)
         self.cancelled = Counter("adaptrix_cancelled_requests", "Requests whose client went away before the end.",
@@ -65,6 +68,7 @@ class ServerMetrics:
         adapters = sorted(result.adapter_weights) or [BASE]
         label = "+".join(adapters)
         self.adapter_requests.labels(label).inc()
+        self.adapter_latency.labels(label).observe(result.latency_ms / 1000)
         self.tokens_in.labels(label).inc(result.prompt_tokens)
         self.tokens_out.labels(label).inc(result.completion_tokens)
         if result.routing:

@@ -113,7 +113,11 @@ async def delete_document(doc_id: str, request: Request) -> dict[str, Any]:
 @router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
     """Model, device, memory, loaded adapters, queue depth and batch size."""
-    state = ready_state(request)
+    return await run_in_threadpool(status_report, ready_state(request))
+
+
+def status_report(state: Any) -> dict[str, Any]:
+    """The ``GET /status`` answer for a ready app state (the web UI's status page shows it too)."""
     engine, scheduler = state.engine, state.scheduler
     info = engine.get_model_info()
     return {

@@ -126,8 +126,6 @@ async def _read_form(request: Request, limit: int, max_files: int):
 @router.post("/upload")
 async def upload(request: Request) -> dict[str, Any]:
     """Ingest multipart files (any field name) into the document index; per-file results and errors."""
-    from adaptrix_core.rag.readers import SUFFIXES
-
     state = ready_state(request)
     engine, settings = state.engine, state.settings
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
@@ -135,28 +133,40 @@ async def upload(request: Request) -> dict[str, Any]:
                         "(curl -F file=@notes.md ...).", code="unsupported_media_type")
     form = await _read_form(request, settings.max_upload_bytes, settings.max_upload_files)
     try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if not files:
-            raise HTTPError(400, "The request holds no files; send them as multipart file fields.", code="no_files")
-        results, saved = [], []
-        folder = uploads_dir(engine)
-        for file in files:
-            entry = {"filename": display_name(file.filename)}
-            results.append(entry)
-            suffix = safe_suffix(file.filename, file.content_type)
-            if suffix is None:
-                entry.update(status="failed", error={
-                    "type": "unsupported_media_type", "message":
-                    f"{entry['filename']!r} is not a supported document type; send {', '.join(sorted(SUFFIXES))} files."})
-                continue
-            path, existed = await run_in_threadpool(_save, file.file, folder, suffix)
-            saved.append((entry, path, existed))
+        files = [(value.filename, value.content_type, value.file) for _, value in form.multi_items()
+                 if isinstance(value, UploadFile)]
+        return await run_in_threadpool(ingest_files, engine, files)
     finally:
         await form.close()
+
+
+def ingest_files(engine: Any, files: list[tuple[str | None, str | None, BinaryIO]]) -> dict[str, Any]:
+    """Keep and ingest ``(filename, content type, binary file)`` items; the answer of ``POST /upload``.
+
+    The web UI's upload goes through here too. Raises ``HTTPError`` (400 / 415) when no file could be
+    ingested; files kept for a failed ingestion are removed again.
+    """
+    from adaptrix_core.rag.readers import SUFFIXES
+
+    if not files:
+        raise HTTPError(400, "The request holds no files; send them as multipart file fields.", code="no_files")
+    results, saved = [], []
+    folder = uploads_dir(engine)
+    for filename, content_type, source in files:
+        entry = {"filename": display_name(filename)}
+        results.append(entry)
+        suffix = safe_suffix(filename, content_type)
+        if suffix is None:
+            entry.update(status="failed", error={
+                "type": "unsupported_media_type", "message":
+                f"{entry['filename']!r} is not a supported document type; send {', '.join(sorted(SUFFIXES))} files."})
+            continue
+        path, existed = _save(source, folder, suffix)
+        saved.append((entry, path, existed))
     if not saved:
         raise HTTPError(415, " ".join(r["error"]["message"] for r in results), code="unsupported_media_type")
     try:
-        report = await run_in_threadpool(engine.add_documents, [path for _, path, _ in saved])
+        report = engine.add_documents([path for _, path, _ in saved])
     except BaseException:  # nothing was committed: take the new files away again
         for _, path, existed in saved:
             if not existed:
