@@ -186,6 +186,10 @@ class Contention:
         self.other_cores = None if other is None else max(0.0, other) / (time.perf_counter() - self.wall)
 
 
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
@@ -358,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               "machine": machine_facts(), "load_average_before": os.getloadavg(),
                               "settings": {k: str(v) for k, v in vars(args).items()}}
+    progress("starting adaptrix serve")
     server = Server(args, scratch)
     try:
         base_id = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
@@ -365,16 +370,20 @@ def main(argv: list[str] | None = None) -> int:
         run_clients(server.url, requests[:4], 2)  # warm-up: adapters loaded, code paths hot
         runs = []
         for clients in [1, *(int(c) for c in args.clients.split(","))]:
+            progress(f"{len(requests)} requests, {clients} client(s)")
             with Contention(server.process.pid) as meter:
                 runs.append(run_clients(server.url, requests, clients))
             runs[-1]["other_processes_cores"] = meter.other_cores
+            progress(f"  {runs[-1]['tokens_per_s']:.1f} tok/s, others kept {meter.other_cores or 0:.2f} cores busy")
         alone = runs[0]["texts"]
         for run in runs:
             run["speedup"] = run["tokens_per_s"] / runs[0]["tokens_per_s"]
             run["answers_equal_one_at_a_time"] = sum(a is not None and a == b for a, b in zip(run.pop("texts"), alone))
         report["throughput"] = runs
+        progress("HTTP cost: POST /query vs engine.query")
         report["http_cost"] = http_cost(args, server, requests[0])
         if args.load_seconds > 0:
+            progress(f"load run: {args.load_seconds:.0f} s, {args.load_clients} clients")
             with Contention(server.process.pid) as meter:
                 report["load"] = load_run(args, server, requests)
             report["load"]["other_processes_cores"] = meter.other_cores
