@@ -204,28 +204,31 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def report(doc: dict[str, Any]) -> None:
-    figures = doc["speed_summary"]
+    figures = doc.get("speed_summary", {})
     rows = []
     for key, values in figures.items():
         side, adapter = key.split("/")
         reference = figures.get(f"hf/{adapter}", {}).get("decode_tok_s")
         ratio = values["decode_tok_s"] / reference if reference else float("nan")
         rows.append((side, adapter, f"{values['decode_tok_s']:.1f}", f"{ratio:.2f}x", f"{values['ttft_ms']:.0f}", values["runs"]))
-    harness.print_table(f"decode and time to first token ({doc['tokens']} tokens, prompt {doc['prompt_tokens']} tokens)",
-                        ("side", "adapter", "decode tok/s", "vs hf", "TTFT ms", "rounds"), rows, left=(0, 1))
+    if rows:
+        harness.print_table(f"decode and time to first token ({doc['tokens']} tokens, prompt {doc['prompt_tokens']} tokens)",
+                            ("side", "adapter", "decode tok/s", "vs hf", "TTFT ms", "rounds"), rows, left=(0, 1))
     if doc.get("accuracy"):
         rows = [(task, *(f"{doc['accuracy'][side][task]['score'] * 100:.0f}%" for side in doc["accuracy"]))
                 for task in TASKS]
         harness.print_table("task accuracy on the held-out sets", ("task", *doc["accuracy"]), rows)
     rows = [(side, f"{v['switch_cost_ms']:.2f}", f"{v['same_adapter_ms']:.1f}", f"{v['load_adapter_ms']:.1f}")
-            for side, v in doc["switch"].items()]
-    harness.print_table("adapter switching (per request)", ("side", "switch cost ms", "1-token request ms", "load ms"), rows)
+            for side, v in doc.get("switch", {}).items()]
+    if rows:
+        harness.print_table("adapter switching (per request)", ("side", "switch cost ms", "1-token request ms", "load ms"),
+                            rows)
     harness.print_notes([(note, met) for note, met in doc["targets"]])
 
 
 def targets(doc: dict[str, Any]) -> list[tuple[str, bool | None]]:
     notes = []
-    figures, scores = doc["speed_summary"], doc.get("accuracy", {})
+    figures, scores = doc.get("speed_summary", {}), doc.get("accuracy", {})
     for side, label in (("int4-all", "int4 graph"), ("int4", "default (int4, adapters on int8)")):
         if f"{side}/{ADAPTER}" in figures and f"hf/{ADAPTER}" in figures:
             ratio = figures[f"{side}/{ADAPTER}"]["decode_tok_s"] / figures[f"hf/{ADAPTER}"]["decode_tok_s"]
@@ -254,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hf-accuracy", choices=("measure", "docs"), default="measure",
                         help="measure hf's accuracy too, or take docs/adapters.md's figures (same sets and scoring)")
     parser.add_argument("--switch-requests", type=int, default=20, help="requests per switch-cost measurement")
+    parser.add_argument("--phases", default="speed,switch,accuracy", help="which of speed, switch, accuracy to run")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other phases' results already in --out (to run the phases at different times)")
     args = harness.parse_with_quick(parser, argv, {"rounds": 1, "tokens": 32, "examples": 10, "switch_requests": 4,
                                                    "sides": "hf,int4,int4-all"}, name="onnx")
     if args.worker:
@@ -261,25 +267,36 @@ def main(argv: list[str] | None = None) -> None:
         return
     load = os.getloadavg()[0]
     print(f"load average {load:.2f}" + ("  (busy machine: figures are unreliable)" if load >= 1.5 else ""), file=sys.stderr)
-    names = args.sides.split(",")
+    names, phases = args.sides.split(","), set(args.phases.split(","))
+    measured = [n for n in args.accuracy_sides.split(",") if "accuracy" in phases and n in names
+                and (n != "hf" or args.hf_accuracy == "measure")]
+    names = [n for n in names if phases - {"accuracy"} or n in measured]  # an accuracy-only run starts only those
     sides: list[Side] = []
+    doc: dict[str, Any] = {"benchmark": "onnx"}
+    if args.merge and Path(args.out).is_file():
+        doc = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        doc.pop("machine", None)
     try:
         for name in names:
             sides.append(Side(name, args.threads))
             print(f"  {name} ready in {sides[-1].info['ready']} s ({sides[-1].info})", file=sys.stderr)
-        runs = speed_rounds(sides, args)
-        switch_costs = {side.name: side.ask(op="switch", requests=args.switch_requests) for side in sides}
-        measured = [n for n in args.accuracy_sides.split(",") if n in names and (n != "hf" or args.hf_accuracy == "measure")]
-        scores = {side.name: side.ask(op="accuracy", examples=args.examples) for side in sides if side.name in measured}
+        if "speed" in phases:
+            runs = speed_rounds(sides, args)
+            doc.update(speed=runs, speed_summary=summarize(runs), tokens=args.tokens, prompt_tokens=runs[0]["prompt_tokens"],
+                       speed_command=harness.command_line(), speed_load_average_at_start=load)
+        if "switch" in phases:
+            doc["switch"] = {side.name: side.ask(op="switch", requests=args.switch_requests) for side in sides}
+        if "accuracy" in phases:
+            scores = {side.name: side.ask(op="accuracy", examples=args.examples) for side in sides if side.name in measured}
+            if "hf" not in scores and args.examples is None:
+                scores = {"hf": {t: {"metric": "docs", "score": v, "examples": 100} for t, v in DOCS_HF_ACCURACY.items()},
+                          **scores}
+            doc.update(accuracy=scores, accuracy_command=harness.command_line(),
+                       hf_accuracy_source="measured" if "hf" in measured else "docs/adapters.md")
     finally:
         for side in sides:
             side.close()
-    if "hf" not in scores and args.examples is None:
-        scores = {"hf": {t: {"metric": "docs", "score": s, "examples": 100} for t, s in DOCS_HF_ACCURACY.items()}, **scores}
-    doc = {"benchmark": "onnx", "command": harness.command_line(), "load_average_at_start": load, "tokens": args.tokens,
-           "prompt_tokens": runs[0]["prompt_tokens"], "speed": runs, "speed_summary": summarize(runs),
-           "switch": switch_costs, "accuracy": scores, "sides": {s.name: s.info for s in sides},
-           "hf_accuracy_source": "measured" if "hf" in measured else "docs/adapters.md"}
+    doc.setdefault("sides", {}).update({s.name: s.info for s in sides})
     doc["targets"] = targets(doc)
     report(doc)
     path = harness.write_results(args.out, doc)
