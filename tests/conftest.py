@@ -32,8 +32,7 @@ import pytest  # noqa: E402
 
 from adaptrix_core.config import MonitoringSettings  # noqa: E402
 
-MonitoringSettings.model_fields["path"].default = _TEST_LOG
-MonitoringSettings.model_rebuild(force=True)
+MonitoringSettings.resolved_path = lambda self, cache_dir: Path(self.path).expanduser() if self.path else Path(_TEST_LOG)
 from tiny_models import KINDS, build_tiny_model  # noqa: E402
 
 
