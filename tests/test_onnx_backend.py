@@ -302,3 +302,6 @@ def test_default_model_fp32_identical_to_hf(default_engine):
             ours = onnx.generate_batch(prompts, adapter=adapter, temperature=0, max_new_tokens=32)
             assert ours == [default_engine.generate(p, adapter=adapter, temperature=0, max_new_tokens=32) for p in prompts]
         assert onnx.generate(prompts[2], adapter="dates", temperature=0, max_new_tokens=16) == "2043-01-17"
+        story = {"temperature": 0, "max_new_tokens": 48}
+        assert "".join(onnx.stream("Write a short story about a robot.", **story)) == \
+            default_engine.generate("Write a short story about a robot.", **story)
