@@ -32,7 +32,17 @@ import pytest  # noqa: E402
 
 from adaptrix_core.config import MonitoringSettings  # noqa: E402
 
-MonitoringSettings.resolved_path = lambda self, cache_dir: Path(self.path).expanduser() if self.path else Path(_TEST_LOG)
+_real_resolved_path = MonitoringSettings.resolved_path
+
+
+def _scratch_resolved_path(self, cache_dir):
+    """The user's default cache is replaced by the scratch log; any other folder resolves as usual."""
+    if not self.path and Path(cache_dir).expanduser() == Path("~/.cache/adaptrix").expanduser():
+        return Path(_TEST_LOG)
+    return _real_resolved_path(self, cache_dir)
+
+
+MonitoringSettings.resolved_path = _scratch_resolved_path
 from tiny_models import KINDS, build_tiny_model  # noqa: E402
 
 

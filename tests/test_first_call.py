@@ -113,6 +113,8 @@ FIRST_CALLS: dict[str, Callable[[ModularAdaptrixEngine], None]] = {
     "list_documents": returns(list, lambda e: e.list_documents(), lambda docs: docs == []),
     "remove_document": expect(DocumentNotFoundError, lambda e: e.remove_document("missing")),
     "index_stats": returns(dict, lambda e: e.index_stats(), lambda stats: stats["documents"] == 0),
+    "routing": returns(list, lambda e: e.routing.registered(), lambda names: "keyword" in names),
+    "monitor": returns(str, lambda e: e.monitor.source, lambda source: source == "library"),
     "model_id": returns(str, lambda e: e.model_id, lambda model_id: model_id.endswith("tiny-llama")),
     "use_context_by_default": returns(bool, lambda e: e.use_context_by_default, lambda flag: flag is False),
     # adapters made elsewhere, the store object, the scheduler's seam

@@ -256,10 +256,16 @@ class Scheduler:
         admitted = [r for r in admitted if r.handle.id in self._running]  # not cancelled meanwhile
         if not admitted:
             return
-        rows = [StepRow(r.handle.id, r.token_ids, r.prepared.params, r.prepared.choice.target) for r in admitted]
         try:
             with self.engine.lock:
-                outputs = batch.add(rows)
+                for request in list(admitted):  # an adapter unloaded while the request waited
+                    target = request.prepared.choice.target
+                    if not self.engine.adapter_available(target):
+                        admitted.remove(request)
+                        self._end(request, error=AdapterNotFoundError(
+                            f"Adapter {target!r} was unloaded while this request was waiting; submit it again."))
+                rows = [StepRow(r.handle.id, r.token_ids, r.prepared.params, r.prepared.choice.target) for r in admitted]
+                outputs = batch.add(rows) if rows else []
         except Exception as exc:  # noqa: BLE001 (handed to the new requests; the running rows are untouched)
             log.warning("prefill of %d request(s) failed: %s", len(admitted), exc)
             for request in admitted:
