@@ -71,6 +71,8 @@ def test_semantic_stacked_scores_equal_per_card_scores(semantic):
     cards = [AdapterCard(f"s{n}", f"Helps with {rng.choice(topics)} number {n}.", (),
                          tuple(f"Question {k} about {rng.choice(topics)}?" for k in range(n % 5)))
              for n in range(40)]
+    cards.append(AdapterCard("wide", "Answers everything about tides.", (),
+                             tuple(f"When is high tide number {k} at the pier? Tell me now." for k in range(37))))
     prompts = ["How do I file my taxes?", "Write a poem about tides.", cards[2].description, "Question 1 about chess?"]
     vectors = semantic.resources.embedder.encode(prompts)
     exclude = [None, None, cards[2].description, "Question 1 about chess?"]

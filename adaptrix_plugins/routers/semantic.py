@@ -130,7 +130,11 @@ class SemanticRouter:
 
 
 class _Stacked:
-    """Every text vector of a candidate set in one matrix, with the rows of each card in a padded table."""
+    """Every text vector of a candidate set in one matrix; each card's rows listed in a padded table.
+
+    Cards are grouped by their number of texts (up to the next power of two), so that a few cards
+    with hundreds of example prompts do not widen the table of all the others.
+    """
 
     PAD = -2.0  # below any cosine similarity
     CHUNK = 256  # prompts scored at once (bounds memory while fitting on thousands of examples)
@@ -143,41 +147,72 @@ class _Stacked:
         self.fingerprint = candidates_fingerprint(cards)
         self.thresholds: tuple[Any, dict[str, float]] | None = None
         dimension = next((vectors.shape[1] for vectors, _ in parts if len(vectors)), 1)
-        self.matrix = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1, dimension) for v, _ in parts]
-                                     + [np.zeros((1, dimension), np.float32)])
-        width = max([len(texts) for _, texts in parts] + [1])
-        pad_row = self.matrix.shape[0] - 1  # a zero row whose score is replaced by PAD
-        self.slots = np.full((len(parts), width), pad_row, dtype=np.int64)
+        matrix = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1, dimension) for v, _ in parts]
+                                + [np.zeros((1, dimension), np.float32)])
+        self.columns_t = np.ascontiguousarray(matrix.T)  # prompt @ this is 5x faster than @ a transposed view
+        self._torch_columns = _as_torch(self.columns_t)
+        self.pad_row = matrix.shape[0] - 1  # a zero row whose score is replaced by PAD
         self.rows_of_text: dict[str, list[int]] = {}
+        groups: dict[int, list[tuple[int, range]]] = {}
         start = 0
         for column, (_, texts) in enumerate(parts):
-            self.slots[column, :len(texts)] = np.arange(start, start + len(texts))
-            for offset, text in enumerate(texts):
-                self.rows_of_text.setdefault(text, []).append(start + offset)
+            rows = range(start, start + len(texts))
+            for row, text in zip(rows, texts):
+                self.rows_of_text.setdefault(text, []).append(row)
+            width = 1 << max(0, len(texts) - 1).bit_length()
+            groups.setdefault(max(width, TOP), []).append((column, rows))
             start += len(texts)
-        self.pad_row = pad_row
-        self.top = np.minimum(TOP, np.array([max(1, len(texts)) for _, texts in parts], dtype=np.int64))
+        self.groups = []  # (columns, slots table, texts per card) per width
+        for width, members in sorted(groups.items()):
+            slots = np.full((len(members), width), self.pad_row, dtype=np.int64)
+            for line, (_, rows) in enumerate(members):
+                slots[line, :len(rows)] = np.asarray(rows, dtype=np.int64)
+            columns = np.array([column for column, _ in members], dtype=np.int64)
+            counts = np.array([max(1, len(rows)) for _, rows in members], dtype=np.float32)
+            self.groups.append((columns, slots, counts))
+
+    def _product(self, block):
+        # torch's matrix product where torch is loaded (the embedder runs on it): numpy's OpenBLAS threads
+        # next to torch's were measured 13x slower for this one product (7.7 vs 0.4 ms at 5,000 texts).
+        import numpy as np
+
+        if self._torch_columns is None:
+            return block @ self.columns_t
+        import torch
+
+        return (torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)) @ self._torch_columns).numpy()
 
     def holds(self, cards: Sequence[AdapterCard]) -> bool:
         """True for the very card objects this stack was built from (the engine reuses them while unchanged)."""
         return len(cards) == len(self.cards) and all(a is b for a, b in zip(cards, self.cards))
 
     def scores(self, vectors, exclude: Sequence[str | None] = ()):
+        """Each card's score: the mean of its ``TOP`` best similarities (of all of them when it has fewer)."""
         import numpy as np
 
         out = np.zeros((vectors.shape[0], len(self.cards)), dtype=np.float32)
         for begin in range(0, vectors.shape[0], self.CHUNK):
             block = vectors[begin:begin + self.CHUNK]
-            similarity = block @ self.matrix.T
+            similarity = self._product(block)
             similarity[:, self.pad_row] = self.PAD
             for row, text in enumerate(exclude[begin:begin + self.CHUNK]):
                 if text is not None and text in self.rows_of_text:
                     similarity[row, self.rows_of_text[text]] = -1.0
-            best = -np.sort(-similarity[:, self.slots], axis=2)  # per card, best first
-            sums = np.cumsum(best, axis=2)
-            picked = np.take_along_axis(sums, (self.top - 1)[None, :, None], axis=2)[:, :, 0]
-            out[begin:begin + len(block)] = np.clip(picked / self.top[None, :], 0.0, 1.0)
+            for columns, slots, counts in self.groups:
+                table = similarity[:, slots]  # prompts x cards x width
+                best = np.partition(table, table.shape[2] - TOP, axis=2)[:, :, -TOP:]
+                taken = np.minimum(counts, TOP)
+                total = best.sum(axis=2) - self.PAD * (TOP - taken)  # pads fill the top of cards with < TOP texts
+                out[begin:begin + len(block), columns] = np.clip(total / taken, 0.0, 1.0)
         return out
+
+
+def _as_torch(array):
+    """``array`` as a torch tensor sharing its memory, or None where torch is not imported (numpy is used then)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.from_numpy(array)
 
 
 @hookimpl
