@@ -367,9 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base_id = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
         requests = workload(server.store, args.requests, args.max_tokens, base_id)
-        run_clients(server.url, requests[:4], 2)  # warm-up: adapters loaded, code paths hot
+        # Warm-up: adapters loaded, every batch size and cache length touched once (a fresh process's first
+        # allocations are slow on small VMs), then a few requests alone.
+        clients_list = [int(c) for c in args.clients.split(",")]
+        progress("warm-up")
+        run_clients(server.url, requests, max(clients_list))
+        run_clients(server.url, requests[:4], 1)
         runs = []
-        for clients in [1, *(int(c) for c in args.clients.split(","))]:
+        for clients in [1, *clients_list]:
             progress(f"{len(requests)} requests, {clients} client(s)")
             with Contention(server.process.pid) as meter:
                 runs.append(run_clients(server.url, requests, clients))
