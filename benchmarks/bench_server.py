@@ -52,9 +52,10 @@ from bench_generate import _busy_cpu_seconds, machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "server.json"
+LONG_QUESTION = "Why do leaves change colour in autumn?"  # the base model's answer runs past 64 tokens
 OPEN_QUESTIONS = (
     "What is the capital of France?", "Give one tip for sleeping better.", "Name three primary colours.",
-    "Why do leaves change colour in autumn?", "What does a bicycle chain do?", "Suggest a name for a grey cat.",
+    LONG_QUESTION, "What does a bicycle chain do?", "Suggest a name for a grey cat.",
     "How many legs does a spider have?", "What is photosynthesis, in one sentence?",
 )
 
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             run["answers_equal_one_at_a_time"] = sum(a is not None and a == b for a, b in zip(run.pop("texts"), alone))
         report["throughput"] = runs
         progress("HTTP cost: POST /query vs engine.query")
-        long_request = next(r for r in requests if r["model"] == base_id)  # an open question: up to max_tokens
+        long_request = {"model": base_id, "messages": [{"role": "user", "content": LONG_QUESTION}]}  # max_tokens long
         from adaptrix_core import ModularAdaptrixEngine
 
         with ModularAdaptrixEngine(model_id=args.model, adapters_dir=str(server.store)) as engine:
