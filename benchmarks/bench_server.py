@@ -52,9 +52,10 @@ from bench_generate import _busy_cpu_seconds, machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "server.json"
+LONG_QUESTION = "Why do leaves change colour in autumn?"  # the base model's answer runs past 64 tokens
 OPEN_QUESTIONS = (
     "What is the capital of France?", "Give one tip for sleeping better.", "Name three primary colours.",
-    "Why do leaves change colour in autumn?", "What does a bicycle chain do?", "Suggest a name for a grey cat.",
+    LONG_QUESTION, "What does a bicycle chain do?", "Suggest a name for a grey cat.",
     "How many legs does a spider have?", "What is photosynthesis, in one sentence?",
 )
 
@@ -228,16 +229,13 @@ def run_clients(url: str, requests: list[dict[str, Any]], clients: int) -> dict[
 
 
 # -- HTTP cost --------------------------------------------------------------------------------------
-def http_cost(args: argparse.Namespace, server: Server, request: dict[str, Any]) -> dict[str, Any]:
-    """Alternate POST /query and the same engine.query on an engine in this process; medians."""
+def http_cost(args: argparse.Namespace, server: Server, engine: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """Alternate POST /query and the same engine.query on ``engine`` (in this process); medians."""
     import httpx
-
-    from adaptrix_core import ModularAdaptrixEngine
 
     prompt = request["messages"][0]["content"]
     gen = {"adapter": request["model"] if request["model"] in os.listdir(server.store) else None,
            "temperature": 0, "max_new_tokens": args.max_tokens}
-    engine = ModularAdaptrixEngine(model_id=args.model, adapters_dir=str(server.store)).initialize()
     direct, over_http, inside = [], [], []
     with httpx.Client(base_url=server.url, timeout=600) as http:
         for rep in range(args.overhead_reps + 2):
@@ -253,7 +251,6 @@ def http_cost(args: argparse.Namespace, server: Server, request: dict[str, Any])
                 direct.append(direct_s)
                 over_http.append(http_s)
                 inside.append(answer["latency_ms"] / 1000)
-    engine.cleanup()
     d, h, s = statistics.median(direct), statistics.median(over_http), statistics.median(inside)
     return {"prompt": prompt, "adapter": gen["adapter"], "completion_tokens": answer["completion_tokens"],
             "direct_median_s": d, "http_median_s": h, "server_latency_median_s": s,
@@ -367,9 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base_id = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
         requests = workload(server.store, args.requests, args.max_tokens, base_id)
-        run_clients(server.url, requests[:4], 2)  # warm-up: adapters loaded, code paths hot
+        # Warm-up: adapters loaded, every batch size and cache length touched once (a fresh process's first
+        # allocations are slow on small VMs), then a few requests alone.
+        clients_list = [int(c) for c in args.clients.split(",")]
+        progress("warm-up")
+        run_clients(server.url, requests, max(clients_list))
+        run_clients(server.url, requests[:4], 1)
         runs = []
-        for clients in [1, *(int(c) for c in args.clients.split(","))]:
+        for clients in [1, *clients_list]:
             progress(f"{len(requests)} requests, {clients} client(s)")
             with Contention(server.process.pid) as meter:
                 runs.append(run_clients(server.url, requests, clients))
@@ -381,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
             run["answers_equal_one_at_a_time"] = sum(a is not None and a == b for a, b in zip(run.pop("texts"), alone))
         report["throughput"] = runs
         progress("HTTP cost: POST /query vs engine.query")
-        report["http_cost"] = http_cost(args, server, requests[0])
+        long_request = {"model": base_id, "messages": [{"role": "user", "content": LONG_QUESTION}]}  # max_tokens long
+        from adaptrix_core import ModularAdaptrixEngine
+
+        with ModularAdaptrixEngine(model_id=args.model, adapters_dir=str(server.store)) as engine:
+            report["http_cost"] = [http_cost(args, server, engine, r) for r in (requests[0], long_request)]
         if args.load_seconds > 0:
             progress(f"load run: {args.load_seconds:.0f} s, {args.load_clients} clients")
             with Contention(server.process.pid) as meter:
@@ -411,10 +417,10 @@ def print_table(report: dict[str, Any]) -> None:
               f"{run['latency_p95_s']:>7.2f}s {run['ttft_p50_s']:>8.2f}s {run['ttft_p95_s']:>8.2f}s "
               f"{run['answers_equal_one_at_a_time']:>3}/{run['requests']:<2} {run['failed']:>6} "
               f"{run['other_processes_cores'] or 0:>6.2f}")
-    cost = report["http_cost"]
-    print(f"\nHTTP cost: direct engine.query {cost['direct_median_s'] * 1000:.0f} ms, POST /query "
-          f"{cost['http_median_s'] * 1000:.0f} ms ({cost['http_vs_direct']:+.1%}); outside the server's own latency: "
-          f"{cost['http_layer_share']:.1%}")
+    for cost in report["http_cost"]:
+        print(f"\nHTTP cost, {cost['completion_tokens']} tokens ({cost['adapter'] or 'base model'}): direct "
+              f"engine.query {cost['direct_median_s'] * 1000:.0f} ms, POST /query {cost['http_median_s'] * 1000:.0f} ms "
+              f"({cost['http_vs_direct']:+.1%}); outside the server's own latency: {cost['http_layer_share']:.1%}")
     load = report.get("load")
     if load:
         print(f"\nload: {load['requests']} requests in {load['seconds']:.0f} s from {load['clients']} clients; "
