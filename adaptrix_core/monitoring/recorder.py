@@ -227,15 +227,14 @@ class RequestLog:
                 self._done.notify_all()
 
     def _write(self, store: MonitoringStore | None, batch: list[tuple[str, Any]]) -> MonitoringStore | None:
-        requests, events, bad = [], [], 0
+        requests, events = [], []
         for kind, payload in batch:
             try:
                 if kind == "request":
                     requests.append(_request_row(payload))
                 else:
                     events.append(payload)
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                bad += 1
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # counted as failed below
                 self._problem(MonitoringError(f"A request row could not be converted and was skipped: {exc!r}."))
         written = 0
         try:
