@@ -169,11 +169,24 @@ class Side:
             self.process.wait(timeout=60)
 
 
+def wait_for_quiet(limit_s: float, threshold: float) -> float | None:
+    """Wait (at most ``limit_s``) for a 5-second window in which other processes use under ``threshold`` cores."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        with harness.ContentionMeter() as meter:
+            time.sleep(5)
+        if meter.other_cores is None or meter.other_cores < threshold or time.monotonic() > deadline:
+            return meter.other_cores
+        print(f"  waiting for a quiet machine (other processes: {meter.other_cores:.2f} cores)", file=sys.stderr)
+
+
 def speed_rounds(sides: list[Side], args: argparse.Namespace) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     kept = redone = number = 0
     while kept < args.rounds:
         number += 1
+        if args.wait_quiet:
+            wait_for_quiet(args.wait_quiet, max(args.contention_threshold, 0.3))
         batch = []
         for side in sides:
             for adapter in (None, ADAPTER):
@@ -258,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure hf's accuracy too, or take docs/adapters.md's figures (same sets and scoring)")
     parser.add_argument("--switch-requests", type=int, default=20, help="requests per switch-cost measurement")
     parser.add_argument("--phases", default="speed,switch,accuracy", help="which of speed, switch, accuracy to run")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each speed round, wait up to this long for other processes to go quiet")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other phases' results already in --out (to run the phases at different times)")
     args = harness.parse_with_quick(parser, argv, {"rounds": 1, "tokens": 32, "examples": 10, "switch_requests": 4,

@@ -223,6 +223,20 @@ def test_bad_settings_and_devices_are_typed_errors(setup):
         ModularAdaptrixEngine(str(setup["model"]), backend="onnx", config=config).initialize()
 
 
+def test_unreadable_or_pickled_weights_are_typed_errors(setup, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["model"], broken)
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ModelLoadError, match="Could not read the weights"):
+        ModularAdaptrixEngine(str(broken), device="cpu", backend="onnx", config={"cache_dir": str(tmp_path / "c")}).initialize()
+    (broken / "model.safetensors").rename(broken / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="only from safetensors"):
+        ModularAdaptrixEngine(str(broken), device="cpu", backend="onnx", config={"cache_dir": str(tmp_path / "c")}).initialize()
+    assert not (tmp_path / "c" / "onnx").exists()
+
+
 def test_unbuildable_model_leaves_nothing_in_the_cache(tiny_model_dir, tmp_path):
     ensure_onnx_plugin()
     engine = ModularAdaptrixEngine(str(tiny_model_dir("gpt2")), device="cpu", backend="onnx",

@@ -50,12 +50,15 @@ def weight_shapes(folder: Path) -> tuple[dict[str, tuple[int, int]], int]:
                              "safetensors (pickle checkpoints are never read). Re-save the model with safe_serialization=True.")
     shapes, total = {}, 0
     for path in files:
-        with safe_open(str(path), framework="numpy") as handle:
-            for key in handle.keys():
-                shape = handle.get_slice(key).get_shape()
-                total += int(math.prod(shape))
-                if len(shape) == 2 and key.endswith(".weight"):
-                    shapes[key.removesuffix(".weight")] = (int(shape[1]), int(shape[0]))
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                for key in handle.keys():
+                    shape = handle.get_slice(key).get_shape()
+                    total += int(math.prod(shape))
+                    if len(shape) == 2 and key.endswith(".weight"):
+                        shapes[key.removesuffix(".weight")] = (int(shape[1]), int(shape[0]))
+        except Exception as exc:  # safetensors raises its own SafetensorError on a damaged file
+            raise ModelLoadError(f"Could not read the weights {str(path)!r}: {exc}") from None
     return shapes, total
 
 
