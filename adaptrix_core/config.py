@@ -102,6 +102,11 @@ class RouterSettings(_Section):
     state_dir: str | None = Field(
         None, description="Where fitted routers are saved; None: '.routing' inside the adapter store."
     )
+    refresh_interval: float = Field(
+        1.0, ge=0, description="Seconds between checks of the store's files for adapters changed by other processes "
+        "(0: before every routed request; at 1,000 adapters a check costs ~15-30 ms on 2 cores). Changes made through "
+        "this engine, and adapters added or removed, are seen at once."
+    )
 
 
 class RagSettings(_Section):

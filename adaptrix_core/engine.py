@@ -376,18 +376,22 @@ class ModularAdaptrixEngine:
     def prepare_request(self): ...
 
     def finish_request(self, prepared: Any, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                       ttft_ms: float | None = None) -> QueryResult:
-        """The ``QueryResult`` of a finished request (see ``RequestPlanner``); it is recorded in the request log."""
+                       ttft_ms: float | None = None, source: str | None = None) -> QueryResult:
+        """The ``QueryResult`` of a finished request (see ``RequestPlanner``), logged as from ``source`` (or monitor.source)."""
         result = self.requests.finish_request(prepared, text, prompt_tokens, completion_tokens, finish_reason)
-        self.monitor.log.record_request(**request_fields(result, source=self.monitor.source, ttft_ms=ttft_ms))
+        self.monitor.log.record_request(**request_fields(result, source=source or self.monitor.source, ttft_ms=ttft_ms))
         return result
 
-    def release_request(self, prepared: Any, error: BaseException | None = None) -> None:
+    def release_request(self, prepared: Any, error: BaseException | None = None, source: str | None = None) -> None:
         """Unpin a request that ends without a result (see ``RequestPlanner``); a failure is recorded."""
         self.requests.release_request(prepared)
         if error is not None:
-            self.monitor.log.record_request(**failure_fields(error, source=self.monitor.source, model=self.model_id,
-                                                             adapter_weights=prepared.choice.weights))
+            self.record_failure(error, source, adapter_weights=prepared.choice.weights)
+
+    def record_failure(self, error: BaseException, source: str | None = None, adapter_weights: dict | None = None) -> None:
+        """Log a failed request (also one refused before it was prepared: bad arguments, unknown adapter)."""
+        self.monitor.log.record_request(**failure_fields(error, source=source or self.monitor.source, model=self.model_id,
+                                                         adapter_weights=adapter_weights))
 
     @_delegate("requests", RequestPlanner)
     def adapter_available(self): ...

@@ -12,17 +12,18 @@ Sides, one request each per round, interleaved (``harness.interleaved_rounds``):
 * ``direct``: an httpx POST of the same chat request straight to the upstream (the client already
   knows the adapter): the baseline;
 * ``named``: ``engine.query(prompt, adapter=name)`` on a ``remote`` engine: the gateway without routing;
-* ``keyword`` / ``semantic``: ``adapter="auto"`` with that router over all the cards;
-* ``keyword cached`` / ``semantic cached``: the same with ``RouterService.candidates()`` checking
-  the store at most once a minute, the change proposed for the engine (today it re-reads the file
-  times of every adapter on every request, most of the routing time at 1,000 adapters); patched
-  here only;
-* ``keyword+rag cached`` / ``semantic+rag cached``: those with ``use_rag=True``, whole passages in
-  the prompt (``rag.prompt_sentences: null``, the setting docs/scale-out.md recommends for a
-  gateway: the upstream's models read long contexts);
-* ``semantic+rag cached, 1 sentence``: with the default ``rag.prompt_sentences: 1``, which embeds
-  every sentence of the retrieved passages for each question.
+* ``keyword`` / ``semantic``: ``adapter="auto"`` with that router over all the cards, the store's
+  files checked at most once a second (``router.refresh_interval``, the default);
+* ``keyword, check every request``: ``router.refresh_interval: 0``, the store's files (two per
+  adapter) checked before every routed request: what that setting costs at 1,000 adapters;
+* ``keyword+rag`` / ``semantic+rag``: those with ``use_rag=True``, whole passages in the prompt
+  (``rag.prompt_sentences: null``, the setting docs/scale-out.md recommends for a gateway: the
+  upstream's models read long contexts); ``semantic+rag`` embeds the question once for both;
+* ``semantic+rag, 1 sentence``: with the default ``rag.prompt_sentences: 1``, which embeds every
+  sentence of the retrieved passages for each question.
 
+Every side meets the question as new: the embedder's memory of recent questions is cleared before
+each request (within a request, routing and retrieval share the question's embedding).
 The overhead of a side is its latency minus the ``direct`` latency of the same round. A second
 table times the parts alone: the store check, each router, the prompt embedding, retrieval. The
 upstream's own CPU use counts as "other processes" for the contention meter, hence the default
@@ -41,7 +42,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
@@ -51,9 +51,6 @@ harness.offline_environment()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TESTS = harness.REPO_ROOT / "tests"
 QUICK = {"cards": 200, "rounds": 5, "docs": 10, "probe": 10}
-# The cached sides check the store once a minute: under steady traffic that cost is spread over every
-# request of the minute (a round of this benchmark takes about a second, longer than a 1 s interval).
-CARDS_TTL = 60.0
 ANSWER = "ok"
 
 
@@ -125,30 +122,6 @@ def make_engine(url: str, store: Path, index: Path, router: str):
     return engine
 
 
-class CardsCache:
-    """The proposed RouterService change: re-check the store's files at most every ``ttl`` seconds.
-
-    ``use(on)`` puts the cached ``candidates`` on the engine's RouterService, or takes it off again.
-    """
-
-    def __init__(self, service: Any, ttl: float = 1.0):
-        self.service, self.ttl = service, ttl
-        self.original = type(service).candidates.__get__(service)
-        self.at, self.cards = float("-inf"), None
-
-    def candidates(self):
-        now = time.monotonic()
-        if self.cards is None or now - self.at > self.ttl:
-            self.cards, self.at = self.original(), now
-        return list(self.cards)
-
-    def use(self, on: bool) -> None:
-        if on:
-            self.service.candidates = self.candidates
-        else:
-            self.service.__dict__.pop("candidates", None)
-
-
 def register_remote_backend() -> None:
     """Register the ``remote`` backend by hand where the installed entry points predate it."""
     import adaptrix_plugins.backends.remote as module
@@ -214,7 +187,6 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
     semantic.route("warm up")  # the first semantic route embeds every card and calibrates (saved for later)
     calibration_s = time.perf_counter() - started
     print(f"semantic router: embeddings and calibration of {len(cards) + 3} cards in {calibration_s:.1f} s", file=sys.stderr)
-    caches = {id(engine): CardsCache(engine.routing, ttl=CARDS_TTL) for engine in (keyword, semantic)}
     prompts = [(card["examples"][0], card["name"]) for card in rng.sample(cards, min(50, len(cards)))]
     accuracy = {name: sum(engine.route(p).selected.keys() == {n} for p, n in prompts) / len(prompts)
                 for name, engine in (("keyword", keyword), ("semantic", semantic))}
@@ -232,21 +204,21 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
                 "temperature": 0.7, "top_p": 0.9, "stream": False}
         return timed(lambda: http.post(f"{url}/chat/completions", json=body).raise_for_status())
 
-    def gateway(engine, auto: bool = True, rag: bool = False, cached: bool = False, sentences: int | None = None):
+    def gateway(engine, auto: bool = True, rag: bool = False, refresh: float = 1.0, sentences: int | None = None):
         def side() -> dict[str, float]:
             prompt, name = current()
-            caches[id(engine)].use(cached)
+            engine.config.router.refresh_interval = refresh
             engine.config.rag.prompt_sentences = sentences
+            engine.embedder.forget_recent()
             return timed(lambda: engine.query(prompt, adapter="auto" if auto else name, use_rag=rag, max_new_tokens=16))
         return side
 
     sides = [harness.Side("direct", direct), harness.Side("named", gateway(keyword, auto=False)),
              harness.Side("keyword", gateway(keyword)), harness.Side("semantic", gateway(semantic)),
-             harness.Side("keyword cached", gateway(keyword, cached=True)),
-             harness.Side("semantic cached", gateway(semantic, cached=True)),
-             harness.Side("keyword+rag cached", gateway(keyword, rag=True, cached=True)),
-             harness.Side("semantic+rag cached", gateway(semantic, rag=True, cached=True)),
-             harness.Side("semantic+rag cached, 1 sentence", gateway(semantic, rag=True, cached=True, sentences=1))]
+             harness.Side("keyword, check every request", gateway(keyword, refresh=0.0)),
+             harness.Side("keyword+rag", gateway(keyword, rag=True)),
+             harness.Side("semantic+rag", gateway(semantic, rag=True)),
+             harness.Side("semantic+rag, 1 sentence", gateway(semantic, rag=True, sentences=1))]
     for side in sides:
         side.run()  # warm-up: connections, embeddings, caches
     rounds = harness.interleaved_rounds(sides, args.rounds, contention_threshold=args.contention_threshold,
@@ -264,17 +236,25 @@ def run(args, url, store, index, work, cards, rng, httpx) -> int:
     harness.print_table(f"Gateway overhead per request, {len(cards) + 3} adapters in the store (direct p50 "
                         f"{direct_ms['p50']:.2f} ms)", ("side", "latency p50 ms", "overhead p50 ms", "overhead p95 ms",
                                                         f"<= {args.target_ms:g} ms"), rows)
-    for cache in caches.values():
-        cache.use(False)
     prompt, candidates, own = prompts[0][0], keyword.routing.candidates(), semantic.routing.candidates()
+    def fresh(call):  # each call meets the question as new
+        def run():
+            keyword.embedder.forget_recent()
+            call()
+        return run
+
+    keyword.config.router.refresh_interval = 0.0
+    check_ms = p50_ms(keyword.routing.candidates, args.probe)
+    keyword.config.router.refresh_interval = 1.0
     parts = {
-        "store check (RouterService.candidates)": p50_ms(keyword.routing.candidates, args.probe),
+        "store check, every file (RouterService.candidates, refresh_interval 0)": check_ms,
+        "store check within the interval (refresh_interval 1 s)": p50_ms(keyword.routing.candidates, args.probe),
         "keyword route (engine.route)": p50_ms(lambda: keyword.route(prompt), args.probe),
         "keyword router alone": p50_ms(lambda: keyword.get_router().route(prompt, candidates), args.probe),
-        "semantic route (engine.route)": p50_ms(lambda: semantic.route(prompt), args.probe),
-        "semantic router alone": p50_ms(lambda: semantic.get_router().route(prompt, own), args.probe),
-        "prompt embedding": p50_ms(lambda: keyword.embedder.encode([prompt]), args.probe),
-        "retrieve (top 4)": p50_ms(lambda: keyword.retrieve(prompt), args.probe),
+        "semantic route (engine.route)": p50_ms(fresh(lambda: semantic.route(prompt)), args.probe),
+        "semantic router alone": p50_ms(fresh(lambda: semantic.get_router().route(prompt, own)), args.probe),
+        "prompt embedding": p50_ms(fresh(lambda: keyword.embedder.encode([prompt])), args.probe),
+        "retrieve (top 4)": p50_ms(fresh(lambda: keyword.retrieve(prompt)), args.probe),
     }
     harness.print_table("Parts, timed alone", ("part", "p50 ms", "p95 ms"),
                         [(name, f"{v['p50']:.2f}", f"{v['p95']:.2f}") for name, v in parts.items()])

@@ -48,7 +48,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import _busy_cpu_seconds, machine_facts
+from harness import _busy_cpu_seconds
+from harness import machine_info as machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "server.json"

@@ -9,10 +9,12 @@ never followed.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,11 +124,29 @@ def check_peft_folder(folder: Path) -> tuple[dict[str, Any], dict[str, tuple[int
     return config, shapes
 
 
+def _changes_store(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Bump ``revision`` once ``method`` has returned or failed (a failure may have changed the store too)."""
+
+    @functools.wraps(method)
+    def wrapper(self: AdapterManager, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.revision += 1
+
+    return wrapper
+
+
 class AdapterManager:
-    """List, read, validate, save, import, export and delete adapters in one store folder."""
+    """List, read, validate, save, import, export and delete adapters in one store folder.
+
+    ``revision`` counts the changes made through this object, so caches of the store's contents
+    (the routers' cards) see them at once without re-reading the folder.
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory).expanduser()
+        self.revision = 0
 
     def path(self, name: str) -> Path:
         """The folder of adapter ``name`` (which may not exist); ``InvalidAdapterNameError`` for a bad name."""
@@ -217,6 +237,7 @@ class AdapterManager:
                 )
         return meta, config, shapes
 
+    @_changes_store
     def save(self, source: str | os.PathLike, metadata: AdapterMetadata, overwrite: bool = False) -> AdapterMetadata:
         """Copy a PEFT folder into the store as ``metadata.name``, recording the weights' sha256.
 
@@ -269,6 +290,7 @@ class AdapterManager:
             raise
         shutil.rmtree(retired, ignore_errors=True)
 
+    @_changes_store
     def update_metadata(self, name: str, **changes: Any) -> AdapterMetadata:
         """Change metadata fields (description, routing, metrics, ...); the weights stay as they are.
 
@@ -284,6 +306,7 @@ class AdapterManager:
             raise AdapterStoreError(f"Cannot write metadata of adapter {name!r}: {exc.strerror or exc}.") from None
         return meta
 
+    @_changes_store
     def delete(self, name: str) -> None:
         """Remove store entry ``name``: an adapter folder, or a stray file or symbolic link.
 

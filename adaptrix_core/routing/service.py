@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class RouterService:
         self._plugin_options = dict(plugin_options or {})
         self._routers: dict[str, Router] = {}
         self._resources: dict[str, RouterResources] = {}
-        self._cards: tuple[tuple, list[AdapterCard]] | None = None
+        self._cards: _Cards | None = None
         self._lock = threading.RLock()
 
     @property
@@ -67,17 +68,31 @@ class RouterService:
             return self._routers[name]
 
     def candidates(self) -> list[AdapterCard]:
-        """Cards of every valid adapter in the store (refreshed when an adapter's files change)."""
+        """Cards of every valid adapter in the store.
+
+        Re-read when the store changes: at once for changes made through this service's store and
+        for adapters added or removed (the folder's own mtime); otherwise every file is checked at
+        most every ``router.refresh_interval`` seconds, which keeps routing cheap at 1,000 adapters.
+        """
         store = self.store
-        stamp = tuple((name, _mtime(store.directory / name / "adaptrix.json"),
-                       _mtime(store.directory / name / "adapter_model.safetensors")) for name in store.names())
+        folder = _mtime(store.directory)
+        now = time.monotonic()
         with self._lock:
-            if self._cards is None or self._cards[0] != stamp:
+            cached = self._cards
+            if (cached is not None and cached.revision == store.revision and cached.folder == folder
+                    and now - cached.checked < self.settings.refresh_interval):
+                return list(cached.cards)
+            revision = store.revision
+            stamp = tuple((name, _mtime(store.directory / name / "adaptrix.json"),
+                           _mtime(store.directory / name / "adapter_model.safetensors")) for name in store.names())
+            if cached is None or cached.stamp != stamp or cached.revision != revision:
                 extra = self.settings.keywords
                 cards = [AdapterCard.from_metadata(listing.metadata, extra.get(listing.name, ()))
                          for listing in store.list() if listing.metadata is not None]
-                self._cards = (stamp, cards)
-            return list(self._cards[1])
+            else:
+                cards = cached.cards
+            self._cards = _Cards(stamp, revision, folder, now, cards)
+            return list(cards)
 
     def route(self, prompt: str, router: str | None = None) -> RoutingDecision:
         """Which adapter(s) ``router`` picks for ``prompt``, with every candidate's score."""
@@ -117,6 +132,17 @@ class RouterService:
             predictions.append(sorted(decision.selected, key=decision.selected.get, reverse=True) or [BASE_LABEL])
         labels = [card.name for card in candidates] + [BASE_LABEL]
         return {"router": instance.name, **score_routing(examples, predictions, latencies, labels)}
+
+
+@dataclass(frozen=True)
+class _Cards:
+    """The cards read from the store, and what they were read from (files' mtimes, store revision)."""
+
+    stamp: tuple
+    revision: int
+    folder: float
+    checked: float
+    cards: list[AdapterCard]
 
 
 def _mtime(path: Path) -> float:

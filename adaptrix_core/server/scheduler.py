@@ -65,15 +65,17 @@ class Scheduler:
     ``max_batch_size`` bounds the rows decoded together, ``max_queue`` the requests waiting for a
     row (``submit`` raises ``QueueFullError`` beyond it). ``batching=False`` runs requests one at a
     time through the backend's ``generate`` even when it could batch them (the baseline a benchmark
-    compares with); None batches whenever the backend can.
+    compares with); None batches whenever the backend can. ``source`` is the origin the request log
+    records for its requests (failures included).
     """
 
     def __init__(self, engine: Any, max_batch_size: int = 8, max_queue: int = 64,
-                 batching: bool | None = None) -> None:
+                 batching: bool | None = None, source: str = "server") -> None:
         for name, value in (("max_batch_size", max_batch_size), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         self.engine = engine
+        self.source = source  # what the request log records as the requests' origin
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self._wanted_batching = batching
@@ -150,8 +152,12 @@ class Scheduler:
         and a stopping scheduler ``SchedulerStoppedError``.
         """
         self._check_open()
-        prepared = self.engine.prepare_request(prompt=prompt, messages=messages, use_rag=use_rag, top_k=top_k,
-                                               min_score=min_score, **gen)
+        try:
+            prepared = self.engine.prepare_request(prompt=prompt, messages=messages, use_rag=use_rag, top_k=top_k,
+                                                   min_score=min_score, **gen)
+        except Exception as exc:
+            self.engine.record_failure(exc, self.source)
+            raise
         try:
             token_ids = None
             if self._batching_backend():
@@ -164,8 +170,8 @@ class Scheduler:
                 self._waiting.append(_Request(handle, prepared, token_ids))
                 self._cond.notify_all()
             return handle
-        except BaseException:
-            self.engine.release_request(prepared)
+        except BaseException as exc:
+            self.engine.release_request(prepared, error=exc if isinstance(exc, Exception) else None, source=self.source)
             raise
 
     def _check_open(self) -> None:
@@ -324,13 +330,13 @@ class Scheduler:
         if error is None:
             try:
                 result = self.engine.finish_request(request.prepared, text, prompt_tokens, completion_tokens,
-                                                    finish_reason, ttft_ms=request.handle.ttft_ms)
+                                                    finish_reason, ttft_ms=request.handle.ttft_ms, source=self.source)
             except Exception as exc:  # noqa: BLE001 (handed to the request's caller)
                 error = exc
             else:
                 request.handle._finish(result=result)
                 return
-        self.engine.release_request(request.prepared, error=error)
+        self.engine.release_request(request.prepared, error=error, source=self.source)
         request.handle._finish(error=error)
 
     def _fail_waiting(self, error: BaseException) -> None:

@@ -53,6 +53,7 @@ def train_lora(backend: Any, name: str, examples: Sequence[tuple[str, str]], opt
     total = max(1, steps_per_epoch * epochs)
     warmup = max(1, total // 20)
     lora = backend.lora
+    lora.settle()
     model = lora.peft
     model.set_adapter(lora.internal(name))
     parameters = lora.parameters(name)
