@@ -17,6 +17,11 @@ request at a time, so the processes never run together, and interleaves the side
 * switch: requests of one token alternating two adapters vs repeating one (per-request switch cost),
   and unload + load of an adapter.
 
+* llamacpp (optional, ``--sides ...,llamacpp``): llama.cpp through llama-cpp-python on the same
+  GGUF file with the adapter converted to a GGUF LoRA (``llamacpp_side.py``; install it with
+  ``scripts/install_llamacpp.sh``, outside the default install and CI). Target: Adaptrix's fastest
+  backend at least as fast as llama.cpp on decode with the adapter active.
+
 Usage: ``python benchmarks/bench_onnx.py [--quick] [--rounds N] [--tokens N] [--examples N]``.
 """
 
@@ -117,6 +122,11 @@ def switch(engine: Any, requests: int) -> dict[str, Any]:
 
 def worker(side: str, threads: int | None) -> None:
     """Serve JSON requests on stdin; answer on the original stdout (library output goes to stderr)."""
+    if side == "llamacpp":
+        import llamacpp_side
+
+        llamacpp_side.worker(PROMPT, ADAPTER, threads)
+        return
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     started = time.perf_counter()
@@ -246,6 +256,12 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, bool | None]]:
         if f"{side}/{ADAPTER}" in figures and f"hf/{ADAPTER}" in figures:
             ratio = figures[f"{side}/{ADAPTER}"]["decode_tok_s"] / figures[f"hf/{ADAPTER}"]["decode_tok_s"]
             notes.append((f"target: {label} decode with an adapter >= 4x hf eager: {ratio:.2f}x", ratio >= 4))
+    ours = {side: v["decode_tok_s"] for side in ("hf", *ONNX_SIDES) if (v := figures.get(f"{side}/{ADAPTER}"))}
+    if ours and f"llamacpp/{ADAPTER}" in figures:
+        best = max(ours, key=ours.get)
+        ratio = ours[best] / figures[f"llamacpp/{ADAPTER}"]["decode_tok_s"]
+        notes.append((f"target: fastest Adaptrix side ({best}) decode with an adapter >= llama.cpp's: {ratio:.2f}x",
+                      ratio >= 1))
     for side, label in (("int4-all", "int4 graph"), ("int8", f"default {DEFAULT_PRECISION} (adapters on int8)")):
         if side in scores and "hf" in scores:
             worst = max((scores["hf"][t]["score"] - scores[side][t]["score"]) * 100 for t in TASKS)
@@ -260,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
                             threads_help="CPU threads of every side (torch and onnxruntime); None: each library's default")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sides", default="hf,int4,int4-all,int8,fp32",
-                        help="comma-separated: hf, int4 (the default: int8 for adapted requests), int4-all, int8, fp32")
+                        help="comma-separated: hf, int4 (the default: int8 for adapted requests), int4-all, int8, fp32, "
+                        "llamacpp (optional: llama.cpp on the GGUF file, after scripts/install_llamacpp.sh)")
     parser.add_argument("--rounds", type=int, default=5, help="kept speed rounds")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per speed run")
     parser.add_argument("--examples", type=int, default=None, help="held-out examples per task (default: all 100)")
@@ -300,9 +317,11 @@ def main(argv: list[str] | None = None) -> None:
             doc.update(speed=runs, speed_summary=summarize(runs), tokens=args.tokens, prompt_tokens=runs[0]["prompt_tokens"],
                        speed_command=harness.command_line(), speed_load_average_at_start=load)
         if "switch" in phases:
-            doc["switch"] = {side.name: side.ask(op="switch", requests=args.switch_requests) for side in sides}
+            doc["switch"] = {side.name: side.ask(op="switch", requests=args.switch_requests) for side in sides
+                             if side.name != "llamacpp"}
         if "accuracy" in phases:
-            scores = {side.name: side.ask(op="accuracy", examples=args.examples) for side in sides if side.name in measured}
+            scores = {side.name: side.ask(op="accuracy", examples=args.examples) for side in sides
+                      if side.name in measured and side.name != "llamacpp"}
             if "hf" not in scores and args.examples is None:
                 scores = {"hf": {t: {"metric": "docs", "score": v, "examples": 100} for t, v in DOCS_HF_ACCURACY.items()},
                           **scores}

@@ -231,7 +231,7 @@ def run_clients(url: str, requests: list[dict[str, Any]], clients: int) -> dict[
 
 # -- HTTP cost --------------------------------------------------------------------------------------
 def http_cost(args: argparse.Namespace, server: Server, engine: Any, request: dict[str, Any]) -> dict[str, Any]:
-    """Alternate POST /query and the same engine.query on ``engine`` (in this process); medians."""
+    """Alternate POST /query and the same engine.query on ``engine`` (in this process, order swapped every rep); medians."""
     import httpx
 
     prompt = request["messages"][0]["content"]
@@ -240,12 +240,14 @@ def http_cost(args: argparse.Namespace, server: Server, engine: Any, request: di
     direct, over_http, inside = [], [], []
     with httpx.Client(base_url=server.url, timeout=600) as http:
         for rep in range(args.overhead_reps + 2):
-            started = time.perf_counter()
-            expected = engine.query(prompt, **gen)
-            direct_s = time.perf_counter() - started
-            started = time.perf_counter()
-            answer = http.post("/query", json={"prompt": prompt, **gen}).json()
-            http_s = time.perf_counter() - started
+            for side in ("direct", "http") if rep % 2 == 0 else ("http", "direct"):  # alternate which goes first
+                started = time.perf_counter()
+                if side == "direct":
+                    expected = engine.query(prompt, **gen)
+                    direct_s = time.perf_counter() - started
+                else:
+                    answer = http.post("/query", json={"prompt": prompt, **gen}).json()
+                    http_s = time.perf_counter() - started
             if answer["text"] != expected.text:
                 raise SystemExit(f"HTTP and direct answers differ: {answer['text']!r} vs {expected.text!r}")
             if rep >= 2:  # the first two are warm-up

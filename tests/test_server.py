@@ -215,7 +215,8 @@ def test_stream_equals_the_non_streamed_answer(client, chat):
 def test_completions_and_auto_routing(client, engine):
     body = client.post("/v1/completions", json={"model": "auto", "prompt": ["I agree: say eta"], "max_tokens": 6,
                                                 "temperature": 0}).json()
-    assert body["object"] == "text_completion" and body["choices"][0]["text"] == "yes"
+    direct = engine.query("I agree: say eta", adapter="yes", temperature=0, max_new_tokens=6).text
+    assert body["object"] == "text_completion" and body["choices"][0]["text"] == direct and direct.startswith("yes")
     assert body["adaptrix"]["adapters"] == {"yes": 1.0} and body["adaptrix"]["routing"]["router"] == "keyword"
     assert body["adaptrix"]["routing"]["selected"] == {"yes": 1.0}
     neutral = client.post("/v1/completions", json={"model": "auto", "prompt": "say eta", **GREEDY}).json()

@@ -45,7 +45,8 @@ class RequestHandle:
         self._result: QueryResult | None = None
         self._error: BaseException | None = None
         self._cancelled = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        # asyncio readers waiting: (loop, event, woken by each new piece too (streams) or by the end only)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]] = []
 
     # -- reading ------------------------------------------------------------------------------------
     @property
@@ -104,7 +105,7 @@ class RequestHandle:
 
     async def aresult(self) -> QueryResult:
         """``result()`` for asyncio."""
-        await self._until(lambda: self._done)
+        await self._until(lambda: self._done, pieces=False)  # no wake-up per token: the decode thread keeps the GIL
         return self._outcome()
 
     def cancel(self) -> None:
@@ -124,33 +125,34 @@ class RequestHandle:
         if piece:
             with self._cond:
                 self._pieces.append(piece)
-                self._wake()
+                self._wake(ended=False)
 
     def _finish(self, result: QueryResult | None = None, error: BaseException | None = None) -> None:
         with self._cond:
             if self._done:
                 return
             self._result, self._error, self._done = result, error, True
-            self._wake()
+            self._wake(ended=True)
 
     # -- internals ----------------------------------------------------------------------------------
-    def _wake(self) -> None:  # called with self._cond held
+    def _wake(self, ended: bool) -> None:  # called with self._cond held
         self._cond.notify_all()
-        waiters, self._waiters = self._waiters, []
-        for loop, event in waiters:
+        woken = [waiter for waiter in self._waiters if ended or waiter[2]]
+        self._waiters = [waiter for waiter in self._waiters if not (ended or waiter[2])]
+        for loop, event, _ in woken:
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # that event loop is closed: nobody waits there any more
                 pass
 
-    async def _until(self, ready: Callable[[], bool]) -> None:
+    async def _until(self, ready: Callable[[], bool], pieces: bool = True) -> None:
         loop = asyncio.get_running_loop()
         while True:
             event = asyncio.Event()
             with self._cond:
                 if ready():
                     return
-                self._waiters.append((loop, event))
+                self._waiters.append((loop, event, pieces))
             await event.wait()
 
     def _raise_failure(self) -> None:

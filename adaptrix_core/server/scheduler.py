@@ -280,8 +280,17 @@ class Scheduler:
         self._deliver(batch, outputs)
 
     def _decode(self, batch: Any) -> None:
-        with self.engine.lock:
-            outputs = batch.step()
+        lost = []
+        with self.engine.lock:  # checked under the step's own lock: an unload cannot slip in between
+            for key in batch.keys():
+                request = self._running.get(key)
+                if request is not None and not self.engine.adapter_available(request.prepared.choice.target):
+                    batch.remove([key])
+                    lost.append(request)
+            outputs = batch.step() if len(batch) else []
+        for request in lost:
+            self._end(request, error=AdapterNotFoundError(f"Adapter {request.prepared.choice.target!r} was unloaded "
+                                                          "while this request was running; submit it again."))
         self._deliver(batch, outputs)
 
     def _deliver(self, batch: Any, outputs: list[StepOutput]) -> None:

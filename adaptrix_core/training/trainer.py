@@ -92,7 +92,12 @@ class Trainer:
             require_capability(backend, Capability.TRAINING, "Train adapters with backend='hf'.")
             if self.pool.is_loaded(name):
                 self.pool.unload_adapter(name)
-            self.pool.create_adapter(name, layers=layers, target_modules=target_modules, rank=rank, alpha=alpha, dropout=dropout)
+            import torch  # training is the torch backend's capability (checked above)
+
+            with torch.random.fork_rng(devices=[]):  # the seed fixes the LoRA init too; the caller's RNG state is kept
+                torch.manual_seed(seed)
+                self.pool.create_adapter(name, layers=layers, target_modules=target_modules, rank=rank, alpha=alpha,
+                                         dropout=dropout)
             try:
                 pairs = [(self.prompts.render(example.chat(), {})[0], example.response) for example in train]
                 options = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
