@@ -40,6 +40,8 @@ class Capability:
     """Iteration-level batching for the server's scheduler (requests join and leave a running batch)."""
     MODULE_TREE = "module_tree"
     """``module_names`` lists a real module tree and ``layers_path`` names its block list."""
+    CONCURRENT_REQUESTS = "concurrent_requests"
+    """``generate`` may run in several threads at once (a remote server): the scheduler overlaps requests."""
 
 
 @runtime_checkable

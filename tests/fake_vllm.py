@@ -56,6 +56,7 @@ class FakeVLLM:
         self.delay = 0.0
         self.word_delay = 0.0  # seconds between streamed words
         self.abandoned = 0  # streams whose client went away before the end
+        self.in_flight = self.max_in_flight = 0  # generation requests being answered at once (non-streamed)
         self._lock = threading.Lock()
 
     # -- behaviour --------------------------------------------------------------------------------------
@@ -117,6 +118,16 @@ class FakeVLLM:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: Request, chat: bool) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, chat)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request, chat: bool) -> Response:
         body, early = await self._prelude(request)
         if early is not None:
             return early

@@ -114,6 +114,30 @@ def test_batch_runs_concurrently_one_request_per_prompt(upstream, fake, engine_f
     assert elapsed < 1.4, f"4 requests of 0.4 s took {elapsed:.2f} s: they did not run concurrently"
 
 
+def test_server_scheduler_overlaps_gateway_requests(upstream, fake, engine_for):
+    from adaptrix_core.server.scheduler import Scheduler
+
+    with engine_for(upstream.url) as engine:
+        fake.delay = 0.3
+        scheduler = Scheduler(engine, max_batch_size=3).start()
+        try:
+            handles = [scheduler.submit(prompt=f"q{i}", adapter=("dates", None, "arithmetic")[i % 3]) for i in range(6)]
+            texts = [handle.result(timeout=30).text for handle in handles]
+        finally:
+            scheduler.stop()
+        assert texts == [f"{('dates', BASE, 'arithmetic')[i % 3]} says: q{i}" for i in range(6)]
+        assert fake.max_in_flight == 3  # overlapped up to max_batch_size, never more
+        assert scheduler.batch_size == 0 and scheduler.queue_depth == 0
+
+
+def test_engine_level_training_is_refused_on_remote(upstream, engine_for):
+    with engine_for(upstream.url) as engine:
+        with pytest.raises(BackendCapabilityError, match="training"):
+            engine.create_adapter("fresh")
+        with pytest.raises(BackendCapabilityError, match="training"):
+            engine.train_adapter("fresh", [{"prompt": "a", "response": "b"}] * 4)
+
+
 def test_weighted_mix_is_a_typed_error_on_vllm(upstream, fake, engine_for):
     with engine_for(upstream.url) as engine:
         assert Capability.LORA_COMPOSITION not in engine.backend.capabilities

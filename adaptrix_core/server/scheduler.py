@@ -9,7 +9,9 @@ batch may use different adapters (the backend's per-row adapters) and never see 
 greedy request gets the text ``engine.query`` gives it alone.
 
 The batching itself is a backend capability (``adaptrix_core.protocols.StepBatching``; the ``hf``
-backend has it). With a backend without it, requests run one at a time through the backend's
+backend has it). A backend that answers concurrent calls (``Capability.CONCURRENT_REQUESTS``: the
+``remote`` backend) runs up to ``max_batch_size`` requests side by side in worker threads, outside
+the engine lock. With any other backend, requests run one at a time through the backend's
 ``generate`` behind the same interface.
 
 Usage::
@@ -23,15 +25,18 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import uuid
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from adaptrix_core.capabilities import has_capability
 from adaptrix_core.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -42,7 +47,7 @@ from adaptrix_core.errors import (
 )
 from adaptrix_core.generation.params import trim_at_stop
 from adaptrix_core.generation.requests import PreparedRequest
-from adaptrix_core.protocols import StepBatching, StepOutput, StepRow
+from adaptrix_core.protocols import Capability, StepBatching, StepOutput, StepRow
 from adaptrix_core.server.handle import RequestHandle, TextTracker
 
 log = logging.getLogger("adaptrix.scheduler")
@@ -54,6 +59,7 @@ class _Request:
     prepared: PreparedRequest
     token_ids: list[int] | None
     tracker: TextTracker = field(init=False)
+    ended: bool = False
 
     def __post_init__(self) -> None:
         self.tracker = TextTracker(self.prepared.params.stop)
@@ -80,6 +86,7 @@ class Scheduler:
         self.max_queue = max_queue
         self._wanted_batching = batching
         self._batching = False  # decided by start()
+        self._workers: ThreadPoolExecutor | None = None  # for a backend with CONCURRENT_REQUESTS
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: dict[str, _Request] = {}
@@ -98,6 +105,8 @@ class Scheduler:
             if self._state != "new":
                 return self
             self._batching = self._batching_backend()
+            if not self._batching and has_capability(self.engine.backend, Capability.CONCURRENT_REQUESTS):
+                self._workers = ThreadPoolExecutor(self.max_batch_size, thread_name_prefix="adaptrix-request")
             self._state = "running"
             self._thread = threading.Thread(target=self._loop, name="adaptrix-scheduler", daemon=True)
             self._thread.start()
@@ -125,6 +134,8 @@ class Scheduler:
                 self._drain = False
                 self._cond.notify_all()
             self._thread.join()
+        if self._workers is not None:
+            self._workers.shutdown(wait=self._drain)
 
     @property
     def queue_depth(self) -> int:
@@ -206,7 +217,7 @@ class Scheduler:
         batch = None
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._waiting or self._running or self._orphans or self._state != "running")
+                self._cond.wait_for(self._has_work)
                 if self._state != "running" and (not self._drain or not (self._waiting or self._running)):
                     break
                 orphans, self._orphans = self._orphans, []
@@ -220,7 +231,10 @@ class Scheduler:
             try:
                 if not self._batching:
                     for request in admitted:
-                        self._run_alone(request)
+                        if self._workers is not None:
+                            self._workers.submit(self._run_concurrently, request)
+                        else:
+                            self._run_alone(request)
                     continue
                 if batch is None:
                     with self.engine.lock:
@@ -244,6 +258,15 @@ class Scheduler:
         self._fail_waiting(failure)
         for request in list(self._running.values()):
             self._end(request, error=failure)
+
+    def _has_work(self) -> bool:  # called with self._cond held
+        if self._orphans:
+            return True
+        if self._workers is None:
+            return bool(self._waiting or self._running) or self._state != "running"
+        if self._waiting and len(self._running) < self.max_batch_size:  # running requests are in worker threads
+            return True
+        return self._state != "running" and not (self._drain and self._running)
 
     def _drop(self, batch: Any, cancelled: set[str]) -> None:
         gone = [key for key in cancelled if key in self._running]
@@ -312,14 +335,22 @@ class Scheduler:
         if stopped:
             batch.remove(stopped)
 
-    def _run_alone(self, request: _Request) -> None:
-        """Backends without step batching: one request at a time through ``generate``."""
+    def _run_concurrently(self, request: _Request) -> None:
+        try:
+            self._run_alone(request, locked=False)
+        finally:
+            with self._cond:
+                self._cond.notify_all()  # a worker is free
+
+    def _run_alone(self, request: _Request, locked: bool = True) -> None:
+        """Backends without step batching: one request through ``generate`` (under the engine lock unless
+        the backend serves concurrent requests)."""
         if request.handle.id in self._cancelled or request.handle.cancelled:
             self._end(request, error=RequestCancelledError(f"Request {request.handle.id} was cancelled."))
             return
         prepared = request.prepared
         try:
-            with self.engine.lock:
+            with self.engine.lock if locked else contextlib.nullcontext():
                 completion = self.engine.backend.generate([prepared.prompt], prepared.params,
                                                           templated=prepared.templated,
                                                           adapters=[prepared.choice.target])[0]
@@ -335,7 +366,11 @@ class Scheduler:
     def _end(self, request: _Request, text: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
              finish_reason: str = "stop", error: BaseException | None = None) -> None:
         """Finish a request with its result or an error; it leaves the running set, its adapters are unpinned."""
-        self._running.pop(request.handle.id, None)
+        with self._cond:
+            if request.ended:  # a worker thread finishing after the scheduler gave up on it
+                return
+            request.ended = True
+            self._running.pop(request.handle.id, None)
         if error is None:
             try:
                 result = self.engine.finish_request(request.prepared, text, prompt_tokens, completion_tokens,

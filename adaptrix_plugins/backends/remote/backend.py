@@ -64,7 +64,7 @@ class RemoteBackend:
     layers_path = None
 
     def __init__(self, settings: RemoteSettings | None = None, transport: Any = None):
-        self.capabilities = frozenset({Capability.LORA, Capability.STREAMING})
+        self.capabilities = frozenset({Capability.LORA, Capability.STREAMING, Capability.CONCURRENT_REQUESTS})
         self.settings = settings or RemoteSettings()
         self.url: str | None = None
         self._transport = transport  # an httpx transport, for tests
