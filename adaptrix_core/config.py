@@ -104,8 +104,8 @@ class RouterSettings(_Section):
     )
     refresh_interval: float = Field(
         1.0, ge=0, description="Seconds between checks of the store's files for adapters changed by other processes "
-        "(0: before every routed request; at 1,000 adapters a check costs ~15-30 ms on 2 cores). Changes made through "
-        "this engine, and adapters added or removed, are seen at once."
+        "(0: before every routed request; a check stats two files per adapter, ~1 ms at 1,000 adapters). Changes made "
+        "through this engine, and adapters added or removed, are seen at once."
     )
 
 
