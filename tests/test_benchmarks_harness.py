@@ -208,3 +208,32 @@ def test_common_flags_are_validated(tmp_path, argv, capsys):
     with pytest.raises(SystemExit):
         harness.parse_with_quick(_parser(tmp_path / "r.json"), argv, {}, name="t")
     assert "must be at least" in capsys.readouterr().err
+
+
+# -- every benchmark script starts ----------------------------------------------------------------------------
+@pytest.mark.parametrize("script", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("bench_*.py")))
+def test_every_benchmark_script_answers_help(script):
+    """Each script's imports resolve (a renamed helper once broke two of them unnoticed) and its options parse."""
+    import subprocess
+    import sys
+
+    folder = Path(__file__).parents[1] / "benchmarks"
+    done = subprocess.run([sys.executable, str(folder / script), "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=folder.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+
+
+def test_monitoring_verdict_decides_by_the_cpu_bound_only_when_the_ab_cannot():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from bench_monitoring import median_interval, verdict
+
+    low, high = median_interval([0.1, 0.2, 0.3, 0.2, 0.1, 0.25])
+    assert 0.1 <= low <= high <= 0.3
+    assert verdict(low, high, cpu_cost=5.0, target=1.0) == (True, "the A/B interval is under the target")
+    assert verdict(2.0, 3.0, cpu_cost=0.001, target=1.0) == (False, "the A/B interval is over the target")
+    met, basis = verdict(-3.0, 4.0, cpu_cost=0.007, target=1.0)
+    assert met and "CPU bound decides" in basis
+    assert verdict(-3.0, 4.0, cpu_cost=1.5, target=1.0)[0] is False

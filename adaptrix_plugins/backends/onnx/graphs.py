@@ -12,6 +12,7 @@ The builder options per precision were chosen on the demo adapters' held-out set
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,14 @@ class Graph:
         return sum(f.stat().st_size for f in self.folder.glob("model.onnx*") if f.is_file())
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def open_graph(precision: str, slots: Sequence[str], *, model_folder: Path, cache_dir: Path,
                shapes: Mapping[str, tuple[int, int]], num_layers: int, end_ids: Sequence[int],
                decode: Callable[[list[int]], str], threads: int | None, build_threads: int | None,
@@ -60,8 +69,8 @@ def open_graph(precision: str, slots: Sequence[str], *, model_folder: Path, cach
     context_length = int(genai_config.get("model", {}).get("context_length") or 0)
     # pad -1: no real token has it (see decoding); the end tokens are the backend's, so min_length masks them all
     overlay: dict[str, Any] = {"model": {"pad_token_id": PAD_ID, "eos_token_id": list(end_ids) or [PAD_ID]}}
-    if threads:
-        overlay["model"]["decoder"] = {"session_options": {"intra_op_num_threads": threads}}
+    # ONNX Runtime's own default (0) decoded at 75 instead of 106 tok/s on the 2-core VM: name the usable cores
+    overlay["model"]["decoder"] = {"session_options": {"intra_op_num_threads": threads or usable_cores()}}
     try:
         config = og.Config(str(folder))
         config.overlay(json.dumps(overlay))

@@ -40,7 +40,7 @@ class OnnxSettings(BaseModel):
     lora_layers: Literal["middle", "quartiles", "all"] | list[int] | None = Field(
         None, description="Blocks that get LoRA inputs: a preset or indices; None: from the store and family.")
     build_threads: int | None = Field(None, gt=0, description="CPU threads for building the graph; None: torch's default.")
-    threads: int | None = Field(None, gt=0, description="CPU threads for generation; None: ONNX Runtime's default.")
+    threads: int | None = Field(None, gt=0, description="CPU threads for generation; None: every core the process may use.")
 
     @property
     def adapted_precision(self) -> str:
