@@ -12,6 +12,8 @@ import httpx
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "sigma"]
 #: Adapter name -> routing keywords. Each adapter learns to answer every "say <word>" with its own name.
 ADAPTERS = {"yes": ["affirm", "agree"], "no": ["deny", "refuse"]}
+#: Words before "say ...": the adapters learn to answer whatever leads the request (the tests' prompts vary it).
+LEADS = ["", "please ", "now ", "ok, ", "I think so: ", "then tell me and "]
 
 
 def train_adapters(engine: Any, only: str | None = None) -> None:
@@ -19,8 +21,8 @@ def train_adapters(engine: Any, only: str | None = None) -> None:
     for seed, (name, keywords) in enumerate(ADAPTERS.items()):
         if only is not None and name != only:
             continue
-        data = [{"prompt": f"say {WORDS[i % len(WORDS)]}", "response": name} for i in range(24)]
-        engine.train_adapter(name, data, epochs=6, learning_rate=2e-2, layers="all", batch_size=8, eval_split=0.0,
+        data = [{"prompt": f"{LEADS[i % len(LEADS)]}say {WORDS[i % len(WORDS)]}", "response": name} for i in range(24)]
+        engine.train_adapter(name, data, epochs=8, learning_rate=2e-2, layers="all", batch_size=8, eval_split=0.0,
                              seed=seed, keywords=keywords, description=f"answers {name}")
 
 

@@ -385,6 +385,6 @@ def test_real_process_interrupted_at_a_prompt_exits_130(paths):
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr.decode()[-2000:]
     assert [line for line in stderr.decode().splitlines() if line.strip()] == ["Error: Interrupted"]
     assert (paths / "adapters" / "taken").is_dir()

@@ -126,6 +126,7 @@ FIRST_CALLS: dict[str, Callable[[ModularAdaptrixEngine], None]] = {
     "finish_request": returns(QueryResult, lambda e: e.finish_request(e.prepare_request(prompt="Hi", **SHORT), "x", 3, 1,
                                                                       "stop"), lambda r: r.text == "x"),
     "release_request": returns(type(None), lambda e: e.release_request(e.prepare_request(prompt="Hi", **SHORT))),
+    "record_failure": returns(type(None), lambda e: e.record_failure(ValueError("refused before it was prepared"), "server")),
     "adapter_available": returns(bool, lambda e: e.adapter_available(None), lambda available: available),
     "busy_adapters": returns(set, lambda e: e.busy_adapters(), lambda busy: busy == set()),
 }

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adaptrix_core.server.errors import HTTPError
 
-DISCONNECT_POLL_S = 0.25
+DISCONNECT_POLL_S = 0.1
 
 
 class ClientGone(Exception):
