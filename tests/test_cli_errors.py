@@ -382,7 +382,8 @@ def test_real_process_interrupted_at_a_prompt_exits_130(paths):
             shown += os.read(process.stdout.fileno(), 100)
         assert b"[y/N]" in shown
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        process.wait(timeout=60)  # stdin stays open: communicate() would close it, and that EOF could beat the SIGINT
+        stderr = process.stderr.read()
     finally:
         process.kill()
     assert process.returncode == 130, stderr.decode()[-2000:]
