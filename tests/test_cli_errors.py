@@ -372,9 +372,12 @@ def test_real_process_prints_one_unwrapped_line(paths):
 def test_real_process_interrupted_at_a_prompt_exits_130(paths):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "ADAPTRIX_CACHE_DIR": str(paths / "cache")}
+    # Ctrl-C as in a terminal: a test run started in the background (nohup, `&`) hands its children an
+    # ignored SIGINT, and Python installs no KeyboardInterrupt handler for an ignored signal.
     process = subprocess.Popen([sys.executable, "-m", "adaptrix_core.cli", "adapters", "delete", "taken",
                                 "--adapters-dir", str(paths / "adapters")],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         shown = b""
         deadline = time.monotonic() + 60
@@ -391,6 +394,8 @@ def test_real_process_interrupted_at_a_prompt_exits_130(paths):
                 break
             except subprocess.TimeoutExpired:
                 continue
+        if process.poll() is None:
+            process.kill()
         stderr = process.stderr.read()
     finally:
         process.kill()
