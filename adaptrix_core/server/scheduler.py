@@ -269,14 +269,9 @@ class Scheduler:
         return self._state != "running" and not (self._drain and self._running)
 
     def _drop(self, batch: Any, cancelled: set[str]) -> None:
+        # Adapters that went away are checked where the work runs, under its lock (_prefill, _decode).
         gone = [key for key in cancelled if key in self._running]
         with self.engine.lock:
-            for key in list(self._running):
-                target = self._running[key].prepared.choice.target
-                if key not in gone and not self.engine.adapter_available(target):
-                    batch.remove([key])
-                    self._end(self._running[key], error=AdapterNotFoundError(
-                        f"Adapter {target!r} was unloaded while this request was running; submit it again."))
             batch.remove(gone)
         for key in gone:
             self._end(self._running[key], error=RequestCancelledError(f"Request {key} was cancelled."))
