@@ -99,6 +99,11 @@ class RouterSettings(_Section):
     embedding_model: str | None = Field(
         None, description="Sentence-transformers folder for embeddings; None: bundled all-MiniLM-L6-v2."
     )
+    embedding_runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="Runtime of the embedding model: 'onnx' (ONNX Runtime, ~3x faster per question, the same "
+        "vectors; exported once into <cache_dir>/embeddings), 'torch' (sentence-transformers), 'auto' (onnx where "
+        "it reproduces the model, else torch)."
+    )
     state_dir: str | None = Field(
         None, description="Where fitted routers are saved; None: '.routing' inside the adapter store."
     )

