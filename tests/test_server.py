@@ -76,6 +76,24 @@ def test_health_is_503_until_the_model_is_loaded(engine):
         assert started.get("/health").json()["status"] == "ok"
 
 
+def test_on_ready_runs_once_loaded_before_requests_are_served(engine):
+    app = create_app(engine)
+    state, seen = app.state.adaptrix, []
+    state.on_ready = lambda: seen.append((state.scheduler is not None, state.ready.is_set()))
+    with TestClient(app) as started:
+        wait_until_healthy(started.get)
+    assert seen == [(True, False)]  # the scheduler exists, /health not yet 200
+
+
+def test_serve_freezes_its_startup_heap():
+    import subprocess
+    import sys
+
+    script = ("import gc; from adaptrix_core.cli.serve import freeze_startup_heap; kept = [[n] for n in range(1000)]; "
+              "freeze_startup_heap(); assert gc.get_freeze_count() >= 1000, gc.get_freeze_count()")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
     app = create_app(ModularAdaptrixEngine(str(tmp_path / "missing-model"), device="cpu"))
     with TestClient(app) as client:

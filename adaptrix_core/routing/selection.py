@@ -97,10 +97,11 @@ def select(router: str, scores: Mapping[str, float], thresholds: Mapping[str, fl
            details: dict[str, Any] | None = None) -> RoutingDecision:
     """Turn candidate scores into a decision (see the module docstring)."""
     details = {**(details or {}), "thresholds": {name: round(float(thresholds.get(name, 1.0)), 4) for name in scores}}
-    ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-    passing = [(name, score) for name, score in ranked if score >= thresholds.get(name, 1.0) and score > 0]
+    # Only the passing candidates are ranked: at 1,000 adapters a full sort cost more than the scoring.
+    passing = sorted(((name, score) for name, score in scores.items() if score >= thresholds.get(name, 1.0) and score > 0),
+                     key=lambda item: (-item[1], item[0]))
     if not passing:
-        best = ranked[0] if ranked else (None, 0.0)
+        best = min(scores.items(), key=lambda item: (-item[1], item[0])) if scores else (None, 0.0)
         reason = f"no adapter reached its threshold (best: {best[0]} at {best[1]:.2f})" if best[0] else "no adapters"
         confidence = 1.0 - (best[1] / max(thresholds.get(best[0], 1.0), 1e-9)) if best[0] else 1.0
         return RoutingDecision({}, dict(scores), max(0.0, min(1.0, confidence)), router, reason, details)

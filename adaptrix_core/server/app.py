@@ -43,6 +43,7 @@ class ServerState:
         self.load_error: str | None = None
         self.started_at = time.time()
         self.on_load_error: Callable[[BaseException], None] | None = None
+        self.on_ready: Callable[[], None] | None = None  # called once loaded, before requests are served
         self.metrics = ServerMetrics(lambda: self.scheduler.queue_depth if self.scheduler else 0,
                                      lambda: self.scheduler.batch_size if self.scheduler else 0)
         self._loader: threading.Thread | None = None
@@ -72,6 +73,8 @@ class ServerState:
             self._warm_router()
             self.scheduler = make_scheduler(self.engine, self.settings)
             self.scheduler.start()
+            if self.on_ready is not None:
+                self.on_ready()
             self.ready.set()
             log.info("Model %s ready on %s", self.engine.model_id, self.engine.get_model_info()["device"])
         except Exception as exc:
